@@ -1,0 +1,1 @@
+"""MM-SY mitigation: prompt texts, synthetic training data, SFT and DPO."""

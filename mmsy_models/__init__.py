@@ -1,0 +1,1 @@
+"""MM-SY model adapters for lmms-eval, attention amplification and the model organism."""

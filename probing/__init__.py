@@ -1,0 +1,1 @@
+"""MM-SY analysis: hidden states, per-layer probes and visual attention."""
