@@ -8,19 +8,31 @@ the round-2 template of each tone all come from an RNG seeded by the build
 seed and the item id, so a rebuild draws exactly the same options.
 """
 
+import functools
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mmsy_tasks.dialogue import TONE_TEMPLATES
-from mmsy_tasks.normalize import is_yes_no, normalize_answer
+from mmsy_tasks.normalize import normalize_answer
 from mmsy_tasks.records import LETTERS, TONES
 
 DEFAULT_OPTION_COUNT = 4
 MIN_OPTION_COUNT = 2
 MAX_OPTION_COUNT = len(LETTERS)
 YES_NO_OPTIONS = ("yes", "no")
+
+
+@functools.lru_cache(maxsize=65536)
+def cached_normalize(answer: str) -> str:
+    """Return ``normalize_answer(answer)``, cached because a build normalises a few answers many times."""
+    return normalize_answer(answer)
+
+
+def is_yes_no_answer(answer: str) -> bool:
+    """Return whether ``answer`` is yes or no after normalisation."""
+    return cached_normalize(answer) in YES_NO_OPTIONS
 
 
 class TooFewAnswersError(ValueError):
@@ -31,9 +43,10 @@ class TooFewAnswersError(ValueError):
 class AnswerPool:
     """The distinct non-yes/no answers of one category, the source of its distractors.
 
-    ``answers`` holds one spelling per normalised answer (the most frequent
-    one, ties broken alphabetically), sorted by normalised form so that the
-    pool does not depend on the order of the source files.
+    ``answers`` contains one spelling per normalised answer: the most
+    frequent one, with ties going to the spelling that equals its normalised
+    form, then to the alphabetically first. They are sorted by normalised
+    form, so the pool does not depend on the order of the source files.
     """
 
     category: str
@@ -41,14 +54,14 @@ class AnswerPool:
     normalized: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "normalized", tuple(normalize_answer(answer) for answer in self.answers))
+        object.__setattr__(self, "normalized", tuple(cached_normalize(answer) for answer in self.answers))
 
     @classmethod
     def from_answers(cls, category: str, answers: Iterable[str]) -> "AnswerPool":
         """Collect the distinct non-yes/no answers of ``category``."""
         spellings: dict[str, Counter] = defaultdict(Counter)
         for answer in answers:
-            normalized = normalize_answer(answer)
+            normalized = cached_normalize(answer)
             if not normalized or normalized in YES_NO_OPTIONS:
                 continue
             spellings[normalized][answer.strip()] += 1
@@ -56,8 +69,16 @@ class AnswerPool:
         chosen = []
         for normalized in sorted(spellings):
             counts = spellings[normalized]
-            chosen.append(min(counts, key=lambda spelling: (-counts[spelling], spelling)))
+            chosen.append(min(counts, key=lambda spelling: (-counts[spelling], spelling != normalized, spelling)))
         return cls(category=category, answers=tuple(chosen))
+
+    def spelling_of(self, answer: str) -> str:
+        """Return the pool's spelling of ``answer``, or ``answer`` stripped when the pool lacks it."""
+        normalized = cached_normalize(answer)
+        for spelling, pool_normalized in zip(self.answers, self.normalized):
+            if pool_normalized == normalized:
+                return spelling
+        return answer.strip()
 
     def check_option_count(self, option_count: int) -> None:
         """Raise ``TooFewAnswersError`` when the pool cannot fill ``option_count`` options."""
@@ -124,15 +145,16 @@ def draw_options(
     """Draw the options, the proposed wrong option and the tone templates of one item.
 
     A yes/no answer gets the options yes and no, whatever ``option_count``
-    is. Any other answer gets ``option_count`` options: the answer as written
-    plus distractors from ``pool`` whose normalised forms differ from it.
+    is. Any other answer gets ``option_count`` options: the answer, in the
+    pool's spelling, plus distractors from ``pool`` whose normalised forms
+    differ from it.
     """
     rng = item_rng(seed, item_id)
-    normalized_answer = normalize_answer(answer)
+    normalized_answer = cached_normalize(answer)
     if not normalized_answer:
         raise ValueError(f"item {item_id!r} has an empty answer {answer!r}")
 
-    if is_yes_no(answer):
+    if is_yes_no_answer(answer):
         options = list(YES_NO_OPTIONS)
         rng.shuffle(options)
         answer_idx = options.index(normalized_answer)
@@ -142,9 +164,10 @@ def draw_options(
         # The pool contains at least option_count answers, so at least
         # option_count - 1 remain once the answer itself is taken out.
         candidates = [a for a, n in zip(pool.answers, pool.normalized) if n != normalized_answer]
-        options = [answer.strip(), *rng.sample(candidates, option_count - 1)]
+        answer_text = pool.spelling_of(answer)
+        options = [answer_text, *rng.sample(candidates, option_count - 1)]
         rng.shuffle(options)
-        answer_idx = options.index(answer.strip())
+        answer_idx = options.index(answer_text)
 
     wrong_idx = rng.choice([i for i in range(len(options)) if i != answer_idx])
     tone_templates = {tone: rng.randrange(len(TONE_TEMPLATES[tone])) for tone in TONES}

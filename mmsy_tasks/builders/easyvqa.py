@@ -22,7 +22,7 @@ from pathlib import Path
 from mmsy_tasks.builders.errors import MalformedSourceError
 from mmsy_tasks.builders.jsonio import malformed_row, read_json, require_dir
 from mmsy_tasks.builders.plan import BuildPlan, Candidate, SkipLog, make_plan
-from mmsy_tasks.normalize import is_yes_no
+from mmsy_tasks.options import is_yes_no_answer
 from mmsy_tasks.records import EASYVQA_CATEGORIES, Item
 
 SOURCE = "easyvqa"
@@ -113,7 +113,7 @@ def _candidates(rows: list, split: str, questions_path: Path, images_dir: Path, 
         if category is None:
             skips.skip("unrecognised question", f"{item_id}: {question!r}")
             continue
-        if (category == "object_presence") != is_yes_no(answer):
+        if (category == "object_presence") != is_yes_no_answer(answer):
             skips.skip("answer does not fit the question", f"{item_id}: {question!r} answered {answer!r}")
             continue
 

@@ -19,3 +19,7 @@ class OutputExistsError(BuildError, FileExistsError):
 
 class DatasetDirError(BuildError, FileNotFoundError):
     """A dataset directory that is missing, incomplete or not written by ``mmsy build``."""
+
+
+class InvalidOptionError(BuildError, ValueError):
+    """A build option (a mapping, a pattern, a count) that is invalid."""

@@ -19,8 +19,7 @@ from tqdm import tqdm
 
 from mmsy_tasks.builders.errors import MalformedSourceError
 from mmsy_tasks.builders.images import ImageReadError, embedded_image, read_image
-from mmsy_tasks.normalize import is_yes_no
-from mmsy_tasks.options import AnswerPool, draw_options, resolve_option_counts
+from mmsy_tasks.options import YES_NO_OPTIONS, AnswerPool, draw_options, is_yes_no_answer, resolve_option_counts
 from mmsy_tasks.records import Item
 
 IMAGE_MODES = ("bytes", "pil")
@@ -162,20 +161,21 @@ class _ImageCache:
 
     def __init__(self, image_mode: str):
         self.image_mode = image_mode
-        self._values: dict[Path, object] = {}
-        self._errors: dict[Path, ImageReadError] = {}
+        self._values: dict[str, object] = {}
+        self._errors: dict[str, ImageReadError] = {}
 
     def get(self, path: Path):
-        if path in self._errors:
-            raise self._errors[path]
-        if path not in self._values:
+        key = str(path)
+        if key in self._errors:
+            raise self._errors[key]
+        if key not in self._values:
             try:
                 data, image = read_image(path)
             except ImageReadError as error:
-                self._errors[path] = error
+                self._errors[key] = error
                 raise
-            self._values[path] = image if self.image_mode == "pil" else embedded_image(data)
-        return self._values[path]
+            self._values[key] = image if self.image_mode == "pil" else embedded_image(data)
+        return self._values[key]
 
 
 def make_plan(
@@ -194,10 +194,11 @@ def make_plan(
     """Group candidates by category, draw each category's selection order and check its options.
 
     ``default_option_counts`` are a source's own defaults (easy-VQA has three
-    shapes, so its object_recognition items get three options);
-    ``option_counts`` from the user override them. Raises
-    ``TooFewAnswersError`` when a category has fewer distinct answers than
-    its option count.
+    shapes, so its object_recognition items get three options), and
+    ``option_counts`` from the user override them. A category whose answers
+    are all yes or no gets 2 options whatever its count. Raises
+    ``TooFewAnswersError`` when another category has fewer distinct answers
+    than its option count.
     """
     if per_category is not None and per_category < 1:
         raise ValueError(f"per_category={per_category} is invalid; pass a positive number or None for all")
@@ -210,7 +211,9 @@ def make_plan(
     for category in categories:
         answers = [candidate.answer for candidate in by_category[category]]
         pools[category] = AnswerPool.from_answers(category, answers)
-        if any(not is_yes_no(answer) for answer in answers):
+        if answers and all(is_yes_no_answer(answer) for answer in answers):
+            counts[category] = len(YES_NO_OPTIONS)
+        elif answers:
             pools[category].check_option_count(counts[category])
 
     for category in categories:
