@@ -31,7 +31,7 @@ def builds(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def test_rows(builds) -> list[dict]:
+def built_rows(builds) -> list[dict]:
     return list(load_dataset_dir(builds[0])["test"])
 
 
@@ -41,10 +41,10 @@ def source_answers() -> list[str]:
     return answers
 
 
-def test_build_has_150_per_category(test_rows):
-    counts = Counter(row["category"] for row in test_rows)
+def test_build_has_150_per_category(built_rows):
+    counts = Counter(row["category"] for row in built_rows)
 
-    assert len(test_rows) == 450
+    assert len(built_rows) == 450
     assert counts == {"color": 150, "object_recognition": 150, "object_presence": 150}
 
 
@@ -71,8 +71,8 @@ def test_rebuild_is_byte_identical(builds):
         assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
 
 
-def test_images_load_as_pil(test_rows):
-    for row in test_rows:
+def test_images_load_as_pil(built_rows):
+    for row in built_rows:
         assert isinstance(row["image"], Image.Image), row["id"]
         assert row["image"].size == (64, 64), row["id"]
 
@@ -85,15 +85,15 @@ def test_images_embedded_without_source_path(builds):
         assert value["bytes"].startswith(b"\x89PNG")
 
 
-def test_every_row_keeps_option_invariants(test_rows, source_answers):
-    for row in test_rows:
+def test_every_row_keeps_option_invariants(built_rows, source_answers):
+    for row in built_rows:
         source_answer = source_answers[int(row["source_id"])]
         assert_option_invariants(row, source_answer, OPTION_COUNTS[row["category"]])
 
 
-def test_answers_fit_their_category(test_rows, source_answers):
+def test_answers_fit_their_category(built_rows, source_answers):
     answers_by_category = {category: set() for category in EASYVQA_CATEGORIES}
-    for row in test_rows:
+    for row in built_rows:
         answers_by_category[row["category"]].add(normalize_answer(source_answers[int(row["source_id"])]))
 
     assert answers_by_category["color"] == COLORS
@@ -101,9 +101,9 @@ def test_answers_fit_their_category(test_rows, source_answers):
     assert answers_by_category["object_presence"] == {"yes", "no"}
 
 
-def test_rows_keep_source_question(test_rows):
+def test_rows_keep_source_question(built_rows):
     texts, _, _ = easy_vqa.get_test_questions()
-    for row in test_rows:
+    for row in built_rows:
         source_text = texts[int(row["source_id"])]
         assert row["question"].lower() == source_text.lower(), row["id"]
         assert row["question"][0].isupper(), row["id"]
@@ -130,12 +130,12 @@ def test_classify_question(question, category):
     assert easyvqa.classify_question(question) == category
 
 
-def test_load_items_matches_built_rows(test_rows):
+def test_load_items_matches_built_rows(built_rows):
     items = easyvqa.load_items()
 
-    assert [item.id for item in items] == [row["id"] for row in test_rows]
-    assert [item.options for item in items] == [row["options"] for row in test_rows]
-    assert [item.wrong_idx for item in items] == [row["wrong_idx"] for row in test_rows]
+    assert [item.id for item in items] == [row["id"] for row in built_rows]
+    assert [item.options for item in items] == [row["options"] for row in built_rows]
+    assert [item.wrong_idx for item in items] == [row["wrong_idx"] for row in built_rows]
     assert all(isinstance(item.image, Image.Image) and item.image.mode == "RGB" for item in items)
 
 

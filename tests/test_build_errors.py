@@ -242,7 +242,7 @@ def test_missing_image_is_skipped_counted_and_logged(tdiuc_root, tmp_path, capsy
     assert "skipped 2 questions (missing image 2)" in capsys.readouterr().out
 
 
-def test_corrupt_image_is_skipped_and_replaced(tdiuc_root, tmp_path):
+def test_corrupt_image_is_skipped_and_replaced(tdiuc_root):
     image = _image_of(tdiuc_root, 4002)
     image.write_bytes(image.read_bytes()[:60])
     plan = tdiuc.plan_build(tdiuc_root, per_category=4)

@@ -11,6 +11,7 @@
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from loguru import logger
@@ -29,26 +30,30 @@ SPLIT_CHOICES = {"easyvqa": easyvqa.SPLITS, "tdiuc": tdiuc.SPLITS}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    epilog = textwrap.fill(
+        "Question-type mapping for --source vqa-json: a JSON or YAML object, or --map flags, that maps "
+        "each question type (the annotations' --type-field) to one of the categories "
+        f"{', '.join(TDIUC_CATEGORIES)}. A type mapped to null (or --map TYPE=) is left out, and a type "
+        "that the mapping does not name is skipped and counted.",
+        width=79,
+    )
     parser = argparse.ArgumentParser(
         prog="mmsy build",
-        description=(
+        description=textwrap.fill(
             "Build the MM-SY dataset: multiple-choice questions with seeded options, proposed wrong "
             "options and round-2 templates, written as a datasets directory that the MM-SY lmms-eval "
-            "tasks load. Rebuilding with the same input and seed writes identical files."
+            "tasks load. Rebuilding with the same input and seed writes identical files.",
+            width=79,
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "Question-type mapping for --source vqa-json: a JSON or YAML object, or --map flags, that "
-            "maps each question type (the annotations' --type-field) to one of the categories "
-            f"{', '.join(TDIUC_CATEGORIES)}. A type mapped to null (or --map TYPE=) is left out; a type "
-            "the mapping does not name is skipped and counted. Example YAML:\n"
-            "  what color is the: color\n  how many: counting\n  is there a: object_presence"
-        ),
+        epilog=epilog + "\n\nExample YAML mapping:\n  what color is the: color\n  how many: counting\n"
+        "  is there a: object_presence",
     )
     parser.add_argument("--source", required=True, choices=SOURCES, help="the data source to build from")
     parser.add_argument(
         "--root",
         type=Path,
+        metavar="DIR",
         help=(
             "source folder. easyvqa: a folder laid out like the easy-vqa package's data folder "
             "(default: the installed package); tdiuc: the TDIUC folder that holds Questions/, "
@@ -59,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=Path,
+        metavar="DIR",
         help=(
             "output dataset directory (default: $MMSY_HOME/data/SOURCE, or data/SOURCE-SPLIT for a "
             "split other than the source's default)"
@@ -66,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--split",
+        metavar="NAME",
         help="source split: easyvqa test|train (default test), tdiuc val|train (default val), "
         "vqa-json a label for item ids and the manifest (default val)",
     )
@@ -76,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N|all",
         help="questions per category, or 'all' for every question of the split (default 150)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the question selection and option draws (default 0)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the question selection and option draws (default 0)")
     parser.add_argument(
         "--option-count",
         action="append",
@@ -92,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
 
     vqa = parser.add_argument_group("vqa-json source")
-    vqa.add_argument("--questions", type=Path, help="VQA-format questions JSON file")
-    vqa.add_argument("--annotations", type=Path, help="VQA-format annotations JSON file")
-    vqa.add_argument("--images", type=Path, help="folder of the image files")
-    vqa.add_argument("--mapping", type=Path, help="JSON or YAML file mapping question types to MM-SY categories")
+    vqa.add_argument("--questions", type=Path, metavar="FILE", help="VQA-format questions JSON file")
+    vqa.add_argument("--annotations", type=Path, metavar="FILE", help="VQA-format annotations JSON file")
+    vqa.add_argument("--images", type=Path, metavar="DIR", help="folder of the image files")
+    vqa.add_argument("--mapping", type=Path, metavar="FILE", help="JSON or YAML file mapping question types to MM-SY categories")
     vqa.add_argument(
         "--map",
         action="append",
@@ -105,14 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vqa.add_argument(
         "--image-pattern",
+        metavar="PATTERN",
         default=vqa_json.DEFAULT_IMAGE_PATTERN,
         help="image file name as a Python format string with {image_id} and {question_id} "
         f"(default {vqa_json.DEFAULT_IMAGE_PATTERN!r})",
     )
     vqa.add_argument(
         "--type-field",
+        metavar="FIELD",
         default=vqa_json.DEFAULT_TYPE_FIELD,
-        help=f"annotation field that holds the question type (default {vqa_json.DEFAULT_TYPE_FIELD!r})",
+        help=f"annotation field that contains the question type (default {vqa_json.DEFAULT_TYPE_FIELD!r})",
     )
     return parser
 

@@ -32,7 +32,7 @@ def read_json(path: Path, description: str, fix: str) -> Any:
 
 def malformed_row(path: Path, row_index: int, row: Any, problem: str) -> MalformedSourceError:
     """Return the error for row ``row_index`` of ``path``, quoting the start of the row."""
-    shown = repr(row)
-    if len(shown) > 200:
-        shown = shown[:200] + "..."
-    return MalformedSourceError(f"{path}: row {row_index} {problem}: {shown}")
+    excerpt = repr(row)
+    if len(excerpt) > 200:
+        excerpt = excerpt[:200] + "..."
+    return MalformedSourceError(f"{path}: row {row_index} {problem}: {excerpt}")

@@ -98,8 +98,8 @@ class BuildPlan:
         """Yield the items category by category, each category in source order.
 
         ``image_mode="bytes"`` gives each item the image file's bytes for the
-        ``datasets`` Image feature; ``"pil"`` gives a decoded RGB PIL image,
-        one object per image file shared by the items that ask about it.
+        ``datasets`` Image feature. ``"pil"`` gives a decoded RGB PIL image,
+        and the items that share an image file share one image object.
         """
         if image_mode not in IMAGE_MODES:
             raise ValueError(f"image mode {image_mode!r} is invalid; expected one of {', '.join(IMAGE_MODES)}")

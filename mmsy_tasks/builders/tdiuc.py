@@ -11,6 +11,10 @@ with ``split`` val (the benchmark) or train (mitigation training). Each
 annotation carries a ``question_type``, one of TDIUC's 12 labels. MM-SY uses
 10 of them as its categories; absurd and utility_affordance questions are
 left out and counted in the manifest as excluded.
+
+NOTE: this layout follows the TDIUC release's documented file names and has
+been tested only on fixtures written in that layout. An image stored under
+another name is skipped as missing, and the skip is counted and logged.
 """
 
 from collections import Counter

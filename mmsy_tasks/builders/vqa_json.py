@@ -10,11 +10,11 @@ used, for example for VQA v2's ``question_type`` labels::
     is there a: object_presence
     what sport is: sport_recognition
 
-A question type mapped to null (YAML), ``null`` (JSON) or an empty value
-(``--map TYPE=``) is left out on purpose and counted as excluded; a type
-that the mapping does not name is skipped and counted. Image files are found
-by ``image_pattern``, a Python format string with the fields ``image_id``
-and ``question_id``.
+A question type mapped to null (YAML and JSON) or to an empty value
+(``--map TYPE=``) is left out on purpose and counted as excluded. A type
+that the mapping does not name is skipped and counted. Image files are
+found by ``image_pattern``, a Python format string with the fields
+``image_id`` and ``question_id``.
 """
 
 import json
@@ -58,8 +58,8 @@ def read_mapping(path: Path) -> dict[str, str | None]:
 
     if not isinstance(mapping, dict):
         raise InvalidOptionError(
-            f"mapping file {path} holds a {type(mapping).__name__}; "
-            "it must map each question type to an MM-SY category"
+            f"mapping file {path} contains a {type(mapping).__name__}, "
+            "but it must map each question type to an MM-SY category"
         )
     return check_mapping(mapping, f"mapping file {path}")
 

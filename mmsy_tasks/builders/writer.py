@@ -37,7 +37,7 @@ REBUILD_HINT = "mmsy build --source easyvqa|tdiuc|vqa-json"
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What a build wrote: the directory, its items per category and the questions it left out."""
+    """The directory that a build wrote, with its items per category and the questions it left out."""
 
     path: Path
     counts: dict[str, int]
@@ -134,9 +134,9 @@ def _save(dataset_dict: datasets.DatasetDict, directory: Path, progress: bool) -
 
 
 def _collect_rows(plan: BuildPlan, progress: bool) -> tuple[list[dict], Counter]:
-    # NOTE: every row, image bytes included, is held in memory until the
-    # dataset is written, which suits per-category builds of a few thousand
-    # items; building every question of a large source needs that much RAM.
+    # NOTE: every row, image bytes included, stays in memory until the
+    # dataset is written. That suits builds of a few thousand items, but
+    # --per-category all on a large source needs RAM for all its images.
     rows = []
     counts: Counter = Counter()
     for item in plan.iter_items(image_mode="bytes", progress=progress):
