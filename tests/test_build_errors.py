@@ -527,3 +527,16 @@ def test_load_rejects_foreign_manifest(tmp_path):
 def test_build_errors_share_base_class():
     for error_type in (DatasetDirError, MalformedSourceError, OutputExistsError, SourceNotFoundError):
         assert issubclass(error_type, BuildError)
+
+
+def test_second_pass_does_not_double_skips(tdiuc_root):
+    _edit_json(_annotations_path(tdiuc_root), lambda document: document["annotations"][0].update(question_type="colour"))
+    for question_id in range(3000, 3006):
+        _image_of(tdiuc_root, question_id).unlink(missing_ok=True)
+    plan = tdiuc.plan_build(tdiuc_root)
+
+    first = list(plan.iter_items())
+    second = list(plan.iter_items())
+
+    assert len(first) == len(second) == 53
+    assert plan.skips.as_dict() == {"missing image": 6, "unknown question type": 1}

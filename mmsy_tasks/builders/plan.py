@@ -71,6 +71,9 @@ class BuildPlan:
     ``source_order`` maps each item id to its position in the source files.
     ``excluded`` counts questions left out by design (a question type that
     MM-SY does not use), apart from the skips of bad input.
+    ``planning_skips`` are the skips found while reading the source files.
+    Each ``iter_items`` call starts ``skips`` again from them, so the image
+    skips of one pass are not counted twice.
     """
 
     source: str
@@ -84,6 +87,7 @@ class BuildPlan:
     skips: SkipLog
     source_order: dict[str, int] = field(default_factory=dict)
     excluded: Counter = field(default_factory=Counter)
+    planning_skips: Counter = field(default_factory=Counter)
 
     @property
     def target_count(self) -> int:
@@ -104,6 +108,7 @@ class BuildPlan:
         if image_mode not in IMAGE_MODES:
             raise ValueError(f"image mode {image_mode!r} is invalid; expected one of {', '.join(IMAGE_MODES)}")
 
+        self.skips.counts = Counter(self.planning_skips)
         images = _ImageCache(image_mode)
         bar = tqdm(total=self.target_count, desc=f"build {self.source}", unit="item", disable=not progress)
         with bar:
@@ -204,6 +209,7 @@ def make_plan(
         raise ValueError(f"per_category={per_category} is invalid; pass a positive number or None for all")
 
     categories = tuple(categories)
+    skips = skips or SkipLog()
     by_category, source_order = _group_by_category(candidates, categories)
     counts = resolve_option_counts(categories, {**(default_option_counts or {}), **(option_counts or {})})
 
@@ -229,9 +235,10 @@ def make_plan(
         candidates=by_category,
         pools=pools,
         option_counts=counts,
-        skips=skips or SkipLog(),
+        skips=skips,
         source_order=source_order,
         excluded=excluded or Counter(),
+        planning_skips=Counter(skips.counts),
     )
 
 
