@@ -9,7 +9,7 @@ from fixtures import write_tdiuc_fixture
 from fixtures.logs import captured_logs
 from fixtures.source_data import draw_image
 
-from mmsy_tasks.builders import cli, easyvqa, tdiuc
+from mmsy_tasks.builders import cli, easyvqa, tdiuc, writer
 from mmsy_tasks.builders.errors import (
     BuildError,
     DatasetDirError,
@@ -540,3 +540,38 @@ def test_second_pass_does_not_double_skips(tdiuc_root):
 
     assert len(first) == len(second) == 53
     assert plan.skips.as_dict() == {"missing image": 6, "unknown question type": 1}
+
+
+def test_concurrent_build_reports_existing_output(tdiuc_root, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    original_save = datasets.DatasetDict.save_to_disk
+
+    def save_while_another_build_finishes(self, *args, **kwargs):
+        original_save(self, *args, **kwargs)
+        out.mkdir()
+        (out / MANIFEST_NAME).write_text("{}")
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", save_while_another_build_finishes)
+    with pytest.raises(OutputExistsError, match=f"output directory {out} already exists"):
+        write_dataset_dir(tdiuc.plan_build(tdiuc_root, per_category=2), out, progress=False)
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "tdiuc"]
+
+
+def test_output_written_during_rename_is_reported(tdiuc_root, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    original_save = datasets.DatasetDict.save_to_disk
+
+    def save_while_another_build_finishes(self, *args, **kwargs):
+        original_save(self, *args, **kwargs)
+        out.mkdir()
+        (out / MANIFEST_NAME).write_text("{}")
+
+    # Skips the checks, so the other build's directory is met by the rename itself.
+    monkeypatch.setattr(writer, "check_output_dir", lambda out, overwrite: None)
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", save_while_another_build_finishes)
+    with pytest.raises(OutputExistsError, match=f"output directory {out} was written by another build meanwhile"):
+        write_dataset_dir(tdiuc.plan_build(tdiuc_root, per_category=2), out, progress=False)
+
+    assert (out / MANIFEST_NAME).read_text() == "{}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "tdiuc"]

@@ -12,6 +12,7 @@ under the output name. ``load_dataset_dir`` treats a directory without a
 valid manifest as incomplete.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -106,7 +107,7 @@ def write_dataset_dir(plan: BuildPlan, out: Path, overwrite: bool = False, progr
         )
         _write_manifest(staging, plan, result)
         check_output_dir(out, overwrite)
-        _move_into_place(staging, out)
+        _move_into_place(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -174,9 +175,16 @@ def _write_manifest(directory: Path, plan: BuildPlan, result: BuildResult) -> No
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(staging, out)
+def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+    if not (overwrite and out.exists()):
+        try:
+            os.rename(staging, out)
+        except OSError as error:
+            # Another build (a parallel run or another rank) wrote ``out``
+            # after check_output_dir looked.
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise OutputExistsError(f"output directory {out} was written by another build meanwhile") from error
+            raise
         return
 
     previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
