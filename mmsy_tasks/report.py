@@ -283,7 +283,7 @@ def _interval_text(row: pd.Series | None, metric: str) -> str:
 
 
 def _better_mark(metric: str) -> str:
-    return {"higher": "higher", "lower": "lower", None: "-"}[metrics.BETTER[metric]]
+    return metrics.BETTER[metric] or "-"
 
 
 def overall_table(summary: pd.DataFrame, run: str, task: str) -> str:
