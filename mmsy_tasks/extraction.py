@@ -257,7 +257,7 @@ class _Token:
     start: int  # character offsets of the raw word in the scanned text
     end: int
     clause: int
-    comma_before: bool  # a comma or colon stands between this word and the previous one
+    comma_before: bool  # a comma or colon separates this word from the previous one
     masked: bool = False  # part of a conversational phrase such as "you're right"
 
 
@@ -763,7 +763,7 @@ def _yes_no_answer(tokens: list[_Token], clause_words: list[str], yes_no: tuple[
         if _ABSENCE.search(words):
             polarities.add(no_index)
             continue
-        # "only shows a tree" says that the asked object is absent.
+        # "only shows a tree" means that the asked object is absent.
         presence = _PRESENCE.search(words)
         if presence and "only" not in words.split() and not set(words[presence.start():].split()) & _NEGATION_WORDS:
             polarities.add(yes_index)
