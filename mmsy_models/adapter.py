@@ -5,8 +5,8 @@ Run it like any lmms-eval model::
     lmms-eval --model mmsy_hf --model_args pretrained=llava-hf/llava-1.5-7b-hf,dtype=bfloat16 \\
         --tasks mmsy_live --include_path "$(mmsy tasks-path)" --batch_size 8
 
-``generate_until`` answers one chat per request (ordinary tasks and the MM-SY
-prefilled protocol, whose history already holds the round-1 answer).
+``generate_until`` generates one reply per request (ordinary tasks and the
+MM-SY prefilled protocol, whose history already contains the round-1 answer).
 ``generate_until_multi_round`` runs the model-driven loop of lmms-eval 0.7.3:
 each round asks the task's ``doc_to_messages`` for the next messages, given
 the answers so far, until the task says the dialogue is over. Later rounds
@@ -37,7 +37,7 @@ lmms-eval always passes ``--batch_size`` to the model.
 
 A request whose image cannot be decoded is skipped: it is logged with its
 task and doc id, its answer is the empty string (an invalid answer for the
-metrics), and the closing log line counts the skips.
+metrics), and the closing log line counts the skipped requests.
 """
 
 import time
@@ -84,7 +84,7 @@ VISUAL_TOKEN_ATTRIBUTES = ("image_token_id", "image_token_index", "video_token_i
 
 @dataclass
 class Dialogue:
-    """One request's chat across rounds: the current messages, the answers so far and its cache slot."""
+    """One request's chat across rounds: the current messages, the outputs so far and its cache slot."""
 
     index: int
     doc_id: Any
@@ -258,7 +258,7 @@ class MMSYHF(lmms):
         raise NotImplementedError("mmsy_hf generates text only: loglikelihood requests are not supported")
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
-        """Answer each request's chat messages in one generation, in batches of ``batch_size``."""
+        """Generate one reply to each request's chat messages, in batches of ``batch_size``."""
         meter = ThroughputMeter(requests=len(requests))
         dialogues = [self._start_dialogue(index, request, meter) for index, request in enumerate(requests)]
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="mmsy_hf generating")
@@ -333,7 +333,7 @@ class MMSYHF(lmms):
         try:
             dialogue.messages = build()
         except InvalidImageError as error:
-            logger.error(f"Skipping {dialogue.describe()}: an image failed to decode ({error}); its answer is empty")
+            logger.error(f"Skipping {dialogue.describe()}: an image failed to decode ({error}); its output is the empty string")
             meter.skipped_requests += 1
             dialogue.outputs.append("")
             dialogue.done = True
@@ -428,7 +428,12 @@ class MMSYHF(lmms):
             first = part[0][0] if isinstance(part[0], tuple) else part[0]
             return first.describe()
 
-        run_with_oom_halving(lambda part: run(part) or [], rows, lower_batch_size, describe)
+        # A batch formed before a halving runs its later rounds at the lowered size too.
+        start = 0
+        while start < len(rows):
+            chunk = rows[start : start + self.batch_size_per_device]
+            run_with_oom_halving(lambda part: run(part) or [], chunk, lower_batch_size, describe)
+            start += len(chunk)
 
     def _encode(self, dialogues: list[Dialogue]):
         """Run the processor on the rendered prompts and images of ``dialogues`` (left padding)."""

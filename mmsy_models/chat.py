@@ -115,7 +115,7 @@ def render_prompt(processor, messages: Sequence[dict]) -> str:
 
 
 def assistant_message(text: str) -> dict:
-    """Return the assistant turn that holds a generated answer."""
+    """Return the assistant turn that contains a generated reply."""
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 

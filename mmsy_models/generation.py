@@ -24,7 +24,7 @@ class GenerationSettings:
     """Decoding settings of one group of requests, from a task's ``generation_kwargs``.
 
     Greedy unless the task sets ``do_sample=True`` or ``temperature > 0``.
-    ``until`` holds stop strings: the output is cut before the first one.
+    ``until`` contains stop strings: the output is cut before the first one.
     """
 
     max_new_tokens: int
@@ -70,7 +70,7 @@ class GenerationSettings:
     def generation_config(self, base: GenerationConfig, pad_token_id: int | None) -> GenerationConfig:
         """Return a copy of the checkpoint's generation config with these settings applied.
 
-        The copy asks ``generate`` for a dict output, so that the caller gets the cache too.
+        The copy sets ``return_dict_in_generate``, so that ``generate`` also returns the cache.
         """
         config = copy.deepcopy(base)
         config.max_new_tokens = self.max_new_tokens

@@ -1,9 +1,9 @@
 """Reuse of the KV cache of one dialogue round for the next round's prompt.
 
-A later round's prompt starts with the earlier prompt and the model's answer,
-so the keys and values that generating the answer left in the cache are the
-ones a full encoding of the new prompt would compute for that prefix (causal
-attention: a position's keys and values depend only on the tokens before it).
+A later round's prompt starts with the earlier prompt and the model's answer.
+Under causal attention, the keys and values of a position depend only on the
+tokens up to it, so the cache that generating the answer left contains what a
+full encoding of the new prompt would compute for that prefix.
 The adapter keeps that cache per batch (``RoundCache``), finds for each row how
 many leading tokens of the new prompt equal the cached tokens, copies those
 keys and values into a new left-padded cache for the next batch, and lets
@@ -31,7 +31,7 @@ from transformers.cache_utils import DynamicLayer
 class RoundCache:
     """The KV cache that one ``generate`` call left, with what each row of it contains.
 
-    ``token_ids[i]`` are the tokens whose keys and values row ``i`` holds,
+    ``token_ids[i]`` are the tokens whose keys and values row ``i`` contains,
     without left padding, and ``offsets[i]`` is the cache position of the
     first of them. ``rope_deltas`` ([batch, 1]) are the per-row position
     offsets of models with multimodal rotary positions (Qwen2-VL), or None.
@@ -109,10 +109,10 @@ def capture_round_cache(
 ) -> RoundCache:
     """Describe the cache that ``generate`` returned for left-padded ``input_ids`` and its output ``sequences``.
 
-    The cache holds keys and values of ``sequences[:, :cache_length]``: the
-    prompt and every generated token but the last. Rows that finished early
-    hold padding tokens after their end-of-sequence token; those are real
-    cache entries too, and they simply will not match a later prompt.
+    The cache contains keys and values of ``sequences[:, :cache_length]``,
+    which are the prompt and every generated token but the last. Rows that
+    finished early contain padding tokens after their end-of-sequence token.
+    Those are real cache entries too, and they do not match a later prompt.
     """
     cache_length = cache.get_seq_length()
     offsets = (attention_mask == 0).sum(dim=1).tolist()  # left padding per row
@@ -151,7 +151,7 @@ def plan_reuse(
     contains all of its visual tokens and leaves at least one token to
     encode. In one left-padded batch every row resumes at the same position,
     so each row encodes as many tokens as the row with the longest new
-    suffix. A group therefore holds rows whose text after the last visual
+    suffix. A group therefore contains rows whose text after the last visual
     token is at least that long, so no visual token has to be encoded again.
     """
     candidates = {}  # row -> (suffix length, tokens after the last visual token, prefix length)
