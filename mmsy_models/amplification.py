@@ -18,13 +18,13 @@ How it works (transformers 5.25):
 - Switching. The decoder layers of one model share one config, and an
   attention module dispatches on ``config._attn_implementation``, so
   transformers offers no per-layer implementation. ``enable_amplification``
-  therefore sets that config (the text decoder's config only, so a vision
-  tower keeps its own attention) to the amplified name, and the function
-  itself decides per layer: layers outside the chosen range, and every layer
-  when ``alpha == 1``, call the stock function with unchanged arguments, so
-  their outputs are identical to the model without amplification.
+  therefore sets the text decoder's config to the amplified name, which leaves
+  a vision tower on its own attention. The function itself then decides per
+  layer. Layers outside the chosen range, and every layer when ``alpha == 1``,
+  call the stock function with unchanged arguments, so their outputs are
+  identical to those of the model without amplification.
 - Settings. Each decoder attention module gets a ``mmsy_amplification``
-  attribute holding the shared ``AmplificationState`` and the module's layer
+  attribute containing the shared ``AmplificationState`` and the module's layer
   index. Nothing is kept at module level beyond the registration.
 - Image-token key positions. A forward pre-hook on every model in the wrapper
   chain whose ``forward`` takes ``input_ids`` (for LLaVA: the
@@ -40,10 +40,15 @@ How it works (transformers 5.25):
   forward ends, so that an amplified layer raises instead of reusing the mask
   of an earlier call (for example, a call with ``inputs_embeds`` only).
 
-Key masks are matched to the key length of each layer: a key length longer
-than the mask (a static cache with unwritten slots) pads it with False, and
-a shorter one (a sliding-window cache that keeps only the most recent keys)
-keeps its last columns.
+Each amplified layer matches the key mask to its key length. A static cache
+returns more keys than were recorded (its unwritten slots), so the mask is
+padded with False. A sliding-window cache returns only the most recent keys,
+so the mask keeps its last columns.
+
+Only positions that hold ``image_token_id`` count as visual tokens. Markers
+around them (Qwen2-VL's ``<|vision_start|>``, Idefics3's
+``<fake_token_around_image>`` and ``<row_i_col_j>``) and video tokens keep
+their attention unchanged.
 """
 
 import inspect
@@ -56,7 +61,7 @@ from dataclasses import dataclass, field
 import torch
 from loguru import logger
 from torch import nn
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, PreTrainedConfig, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward as llama_eager_attention_forward
@@ -133,7 +138,7 @@ class AmplificationState:
     """Settings and per-forward bookkeeping of amplification on one model.
 
     ``image_key_mask`` is the boolean key mask [batch, past + new tokens] that
-    the forward pre-hooks record; ``recording_modules`` holds the ids of the
+    the forward pre-hooks record. ``recording_modules`` contains the ids of the
     models whose forward is running with a recorded mask.
     """
 
@@ -142,7 +147,7 @@ class AmplificationState:
     image_token_id: int
     base_implementation: str
     num_layers: int
-    previous_implementations: list[tuple[object, str]] = field(default_factory=list)
+    previous_implementations: list[tuple[PreTrainedConfig, str]] = field(default_factory=list)
     attention_modules: list[nn.Module] = field(default_factory=list)
     hook_handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
     image_key_mask: torch.Tensor | None = None
@@ -298,7 +303,7 @@ def _sdpa_mask_with_bias(
     if attention_mask is None and not causal:
         return key_bias
     if attention_mask is None:
-        # Upper-left alignment, as SDPA's is_causal: query i sees keys 0..i, also when a static cache has more slots.
+        # Upper-left alignment, as SDPA's is_causal: query i attends to keys 0..i, also when a static cache has more slots.
         attends = torch.ones(q_length, kv_length, dtype=torch.bool, device=key_bias.device).tril()
         return key_bias.masked_fill(~attends, blocked)  # [batch, 1, q_len, kv_len]
     if attention_mask.dtype == torch.bool:
@@ -340,7 +345,7 @@ def count_decoder_layers(model: nn.Module) -> int:
     return len(decoder_layers(model))
 
 
-def config_image_token_id(config) -> int:
+def config_image_token_id(config: PreTrainedConfig) -> int:
     """Return the image token id of a VLM config (``image_token_id``, else ``image_token_index``).
 
     Raises ``ValueError`` for configs with neither, such as text-only models.
@@ -359,10 +364,10 @@ def enable_amplification(model: nn.Module, layers: Sequence[int], alpha: float, 
     """Amplify attention to image-token keys by ``alpha`` in the given 0-based decoder ``layers`` of ``model``.
 
     Replaces the settings of an earlier call. Models loaded with eager attention
-    keep eager attention underneath; every other implementation (SDPA, flash,
-    flex) runs on SDPA while amplification is enabled, because only SDPA and
-    eager accept an additive float mask. ``disable_amplification`` restores the
-    previous implementation.
+    keep eager attention underneath. Every other implementation (SDPA, flash,
+    flex) runs on SDPA while amplification is enabled, because of these only
+    SDPA and eager accept an additive float mask. ``disable_amplification``
+    restores the previous implementation.
     """
     if not math.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a finite number above 0, got {alpha}: 1 leaves attention unchanged")
@@ -472,7 +477,7 @@ def _validated_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     return chosen
 
 
-def _unique_configs(attention_modules: Sequence[nn.Module]) -> list:
+def _unique_configs(attention_modules: Sequence[nn.Module]) -> list[PreTrainedConfig]:
     configs = []
     for module in attention_modules:
         config = getattr(module, "config", None)
@@ -536,7 +541,7 @@ class _ImageKeyRecorder:
         if previous is None or previous.shape[0] != batch_size or previous.shape[1] < past_length:
             recorded = "none" if previous is None else f"{tuple(previous.shape)}"
             raise RuntimeError(
-                f"the cache holds {past_length} tokens for batch size {batch_size}, but attention amplification "
+                f"the cache contains {past_length} tokens for batch size {batch_size}, but attention amplification "
                 f"recorded image-token positions of shape {recorded}: run the prefill through the model "
                 "after enable_amplification, with input_ids"
             )
