@@ -115,28 +115,30 @@ def expand_docs(items: datasets.Dataset, protocol: str, prompt: str = "default")
     """Expand items into the dialogues of a protocol, item by item.
 
     Each item is followed by its dialogues in ``dialogue_variants`` order, so
-    lmms-eval's ``--limit N`` keeps whole items where N allows. The new columns
-    (``DIALOGUE_COLUMNS``) are added without copying the image column.
+    lmms-eval's ``--limit N`` keeps whole items where N allows. The dialogues
+    share the items' table, images included, and add the ``DIALOGUE_COLUMNS``.
+    Items that carry an indices mapping (from a non-contiguous ``select``)
+    are flattened by ``datasets`` first, which copies them.
     """
     if prompt not in PROMPTS:
         raise ValueError(f"prompt variant {prompt!r} is unknown; expected one of {', '.join(PROMPTS)}")
     validate_items(items)
 
     variants = dialogue_variants(protocol)
-    copies = [_with_dialogue_columns(items, tone, probe, protocol, prompt) for tone, probe in variants]
-    expanded = datasets.concatenate_datasets(copies)
-
     n_items = len(items)
+    repeated = datasets.concatenate_datasets([items] * len(variants))
+    columns = {
+        "tone": [tone for tone, _ in variants for _ in range(n_items)],
+        "probe": [probe for _, probe in variants for _ in range(n_items)],
+        "protocol": [protocol] * len(repeated),
+        "prompt": [prompt] * len(repeated),
+    }
+    expanded = datasets.concatenate_datasets(
+        [repeated, datasets.Dataset.from_dict(columns, features=DIALOGUE_COLUMNS)], axis=1
+    )
+
     item_major_order = [copy * n_items + item for item in range(n_items) for copy in range(len(variants))]
     return expanded.select(item_major_order)
-
-
-def _with_dialogue_columns(items, tone, probe, protocol, prompt) -> datasets.Dataset:
-    n_items = len(items)
-    values = {"tone": tone, "probe": probe, "protocol": protocol, "prompt": prompt}
-    for name, value in values.items():
-        items = items.add_column(name, [value] * n_items, feature=DIALOGUE_COLUMNS[name])
-    return items
 
 
 def round1_text(doc: Mapping[str, Any]) -> str:

@@ -16,6 +16,7 @@ import datasets
 from loguru import logger
 
 from mmsy_tasks import paths
+from mmsy_tasks.builders.writer import DATASET_SPLIT, load_dataset_dir
 
 BUILT_ON_FIRST_USE = ("easyvqa",)
 
@@ -39,43 +40,46 @@ def build_command(source: str) -> str:
     return BUILD_COMMANDS.get(source, f"mmsy build --source {source}")
 
 
-def is_dataset_dir(directory: Path) -> bool:
-    """Return whether ``directory`` contains a saved ``datasets.DatasetDict``."""
-    return (directory / "dataset_dict.json").is_file()
-
-
 def ensure_dataset_dir(source: str) -> Path:
     """Return the dataset directory of ``source``, building easy-VQA there when it is missing."""
     directory = dataset_dir(source)
-    if is_dataset_dir(directory):
+    if directory.exists():
         return directory
 
     if source not in BUILT_ON_FIRST_USE:
         raise DatasetNotFoundError(
             f"MM-SY {source} dataset not found at {directory}. Build it with `{build_command(source)}`, "
-            f"or set {paths.HOME_ENV} to the MM-SY home whose data/{source} holds it."
+            f"or set {paths.HOME_ENV} to the MM-SY home whose data/{source} contains it."
         )
 
     logger.info(f"MM-SY {source} dataset not found at {directory}; building it now (first use)")
-    _build(source, directory)
-    logger.info(f"MM-SY {source} dataset built at {directory}")
+    _build_easyvqa(directory)
     return directory
 
 
-def _build(source: str, directory: Path) -> None:
-    from mmsy_tasks.builders import build_dataset
+def _build_easyvqa(directory: Path) -> None:
+    from mmsy_tasks.builders import easyvqa
+    from mmsy_tasks.builders.errors import OutputExistsError
+    from mmsy_tasks.builders.writer import write_dataset_dir
 
-    build_dataset(source=source, out=directory)
+    try:
+        result = write_dataset_dir(easyvqa.plan_build(), directory)
+    except OutputExistsError:
+        # Another process (another rank, or a parallel run) finished the same build first.
+        logger.info(f"MM-SY easyvqa dataset appeared at {directory} during the build; using it")
+        return
+    logger.info(f"MM-SY easyvqa dataset: {result.summary()}")
 
 
-def load_items(source: str, category: str, split: str = "test") -> datasets.Dataset:
+def load_items(source: str, category: str, split: str = DATASET_SPLIT) -> datasets.Dataset:
     """Return the items of one category from the dataset directory of ``source``.
 
-    Raises ``DatasetNotFoundError`` for a missing TDIUC directory and
+    Raises ``DatasetNotFoundError`` for a missing TDIUC directory,
+    ``DatasetDirError`` for an incomplete or inconsistent directory and
     ``ValueError`` when the split or the category has no items.
     """
     directory = ensure_dataset_dir(source)
-    dataset = datasets.load_from_disk(str(directory))
+    dataset = load_dataset_dir(directory)
     if split not in dataset:
         raise ValueError(
             f"MM-SY dataset at {directory} has no {split!r} split (splits: {', '.join(dataset)}); "
@@ -89,4 +93,14 @@ def load_items(source: str, category: str, split: str = "test") -> datasets.Data
             f"MM-SY dataset at {directory} has no items of category {category!r}; "
             f"rebuild it with `{build_command(source)}`"
         )
-    return items.select(rows)
+    return _select_rows(items, rows)
+
+
+def _select_rows(items: datasets.Dataset, rows: list[int]) -> datasets.Dataset:
+    # mmsy build writes each category as one block of rows, which select()
+    # turns into a slice of the memory-mapped table. Scattered rows would get
+    # an indices mapping, which later steps flatten, and datasets writes a
+    # flattened copy as a cache file beside the dataset unless it is kept in memory.
+    if rows == list(range(rows[0], rows[-1] + 1)):
+        return items.select(range(rows[0], rows[-1] + 1))
+    return items.select(rows).flatten_indices(keep_in_memory=True)
