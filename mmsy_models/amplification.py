@@ -34,9 +34,13 @@ How it works (transformers 5.25):
   the mask is rebuilt from the prompt. With a filled cache (cached decoding)
   the first ``cache.get_seq_length()`` columns are kept and the new tokens are
   appended, which keeps key positions right because the KV cache keeps the
-  image keys where prefill put them. Left padding needs nothing special:
-  padding tokens are never image tokens, and padded keys stay masked by the
-  attention mask. A forward post-hook marks the recording stale when the
+  image keys where prefill put them. A continuation must pass the cache that
+  the previous amplified forward returned, as ``generate`` does. The image
+  positions of any other cache (a copy, or one assembled from other calls)
+  were not recorded, so the pre-hook raises for it. Left padding needs
+  nothing special: padding tokens are never image tokens, and padded keys
+  stay masked by the attention mask. With ``alpha == 1`` the hooks record
+  nothing, because no layer reads the mask. A forward post-hook marks the recording stale when the
   forward ends, so that an amplified layer raises instead of reusing the mask
   of an earlier call (for example, a call with ``inputs_embeds`` only).
 
@@ -54,6 +58,7 @@ their attention unchanged.
 import inspect
 import math
 import sys
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,9 +67,11 @@ import torch
 from loguru import logger
 from torch import nn
 from transformers import AttentionInterface, PreTrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward as llama_eager_attention_forward
+from transformers.utils import ModelOutput
 
 AMPLIFIED_SDPA = "mmsy_amplified"
 AMPLIFIED_EAGER = "mmsy_amplified_eager"
@@ -139,7 +146,8 @@ class AmplificationState:
 
     ``image_key_mask`` is the boolean key mask [batch, past + new tokens] that
     the forward pre-hooks record. ``recording_modules`` contains the ids of the
-    models whose forward is running with a recorded mask.
+    models whose forward is running with a recorded mask, and ``recorded_cache``
+    refers to the cache that the last recorded forward returned.
     """
 
     layers: frozenset[int]
@@ -152,6 +160,7 @@ class AmplificationState:
     hook_handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
     image_key_mask: torch.Tensor | None = None
     recording_modules: set[int] = field(default_factory=set)
+    recorded_cache: weakref.ref | None = None
 
     @property
     def log_alpha(self) -> float:
@@ -513,7 +522,7 @@ class _ImageKeyRecorder:
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         input_ids = self._argument("input_ids", args, kwargs)
-        if input_ids is None:
+        if input_ids is None or self.state.alpha == 1.0:
             return
 
         cache = self._argument("cache", args, kwargs)
@@ -525,7 +534,8 @@ class _ImageKeyRecorder:
         if past_length == 0:
             self.state.image_key_mask = new_keys
         else:
-            self.state.image_key_mask = torch.cat([self._past_keys(new_keys.shape[0], past_length), new_keys], dim=1)
+            past_keys = self._past_keys(cache, new_keys.shape[0], past_length)  # [batch, past tokens]
+            self.state.image_key_mask = torch.cat([past_keys, new_keys], dim=1)
         self.state.recording_modules.add(id(module))
 
     def _argument(self, name: str, args: tuple, kwargs: dict):
@@ -536,7 +546,15 @@ class _ImageKeyRecorder:
             return args[position]
         return None
 
-    def _past_keys(self, batch_size: int, past_length: int) -> torch.Tensor:
+    def _past_keys(self, cache, batch_size: int, past_length: int) -> torch.Tensor:
+        recorded_cache = self.state.recorded_cache() if self.state.recorded_cache is not None else None
+        if recorded_cache is not cache:
+            raise RuntimeError(
+                f"the {type(cache).__name__} passed for cached decoding was not returned by the last forward "
+                "under attention amplification, so the image-token positions of its keys are unknown: continue "
+                "from the cache of the previous amplified call, or run the full prompt without a cache"
+            )
+
         previous = self.state.image_key_mask  # [batch, recorded tokens]
         if previous is None or previous.shape[0] != batch_size or previous.shape[1] < past_length:
             recorded = "none" if previous is None else f"{tuple(previous.shape)}"
@@ -550,9 +568,25 @@ class _ImageKeyRecorder:
 
 @dataclass(frozen=True, eq=False)
 class _RecordingEnd:
-    """Forward post-hook that marks the recorded mask stale for the finished forward."""
+    """Forward post-hook that marks the recorded mask stale and remembers the cache that the forward returned."""
 
     state: AmplificationState
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+        if id(module) not in self.state.recording_modules:
+            return
         self.state.recording_modules.discard(id(module))
+
+        cache = _returned_cache(output)
+        self.state.recorded_cache = weakref.ref(cache) if cache is not None else None
+
+
+def _returned_cache(output) -> Cache | None:
+    """Return the cache in a model output (a ``ModelOutput`` or, with ``return_dict=False``, a tuple)."""
+    if isinstance(output, ModelOutput):
+        values = output.values()
+    elif isinstance(output, tuple):
+        values = output
+    else:
+        values = ()
+    return next((value for value in values if isinstance(value, Cache)), None)

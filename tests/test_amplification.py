@@ -428,6 +428,47 @@ def test_inputs_embeds_without_ids_raises():
             model(inputs_embeds=inputs_embeds)
 
 
+@pytest.mark.parametrize("return_dict", [True, False])
+def test_manual_continuation_matches_recompute(return_dict):
+    model = build_llama()
+    prompt = PROMPTS[:1]
+    enable_amplification(model, [0, 3], 4.0, IMAGE_TOKEN_ID)
+
+    with torch.no_grad():
+        full = model(input_ids=prompt, use_cache=False).logits[:, -1]
+        prefill = model(input_ids=prompt[:, :-1], use_cache=True, return_dict=return_dict)
+        cache = prefill.cache if return_dict else prefill[1]
+        step = model(input_ids=prompt[:, -1:], cache=cache, return_dict=return_dict)
+        step_logits = step.logits if return_dict else step[0]
+
+    assert torch.allclose(step_logits[:, -1], full, atol=1e-6, rtol=0)
+
+
+def test_continuation_from_other_cache_raises():
+    model = build_llama()
+    prompt = PROMPTS[:1]
+    enable_amplification(model, [0], 4.0, IMAGE_TOKEN_ID)
+
+    with torch.no_grad():
+        earlier = model(input_ids=prompt[:, :-1], use_cache=True)
+        model(input_ids=PROMPTS[1:], use_cache=True)
+        with pytest.raises(RuntimeError, match="was not returned by the last forward"):
+            model(input_ids=prompt[:, -1:], cache=earlier.cache)
+
+
+def test_alpha_one_accepts_any_cache():
+    model = build_llama()
+    prompt = PROMPTS[:1]
+
+    with torch.no_grad():
+        earlier = model(input_ids=prompt[:, :-1], use_cache=True)
+        stock = model(input_ids=prompt, use_cache=False).logits[:, -1]
+        with amplification(model, [0], 1.0, IMAGE_TOKEN_ID):
+            step = model(input_ids=prompt[:, -1:], cache=earlier.cache).logits[:, -1]
+
+    assert torch.allclose(step, stock, atol=1e-6, rtol=0)
+
+
 def test_inner_model_call_records_image_keys():
     model = build_llama()
     inputs = llama_inputs()
