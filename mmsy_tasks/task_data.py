@@ -16,7 +16,7 @@ import datasets
 from loguru import logger
 
 from mmsy_tasks import paths
-from mmsy_tasks.builders.writer import DATASET_SPLIT, load_dataset_dir
+from mmsy_tasks.builders.writer import DATASET_SPLIT, MANIFEST_NAME, load_dataset_dir
 
 BUILT_ON_FIRST_USE = ("easyvqa",)
 
@@ -64,8 +64,11 @@ def _build_easyvqa(directory: Path) -> None:
 
     try:
         result = write_dataset_dir(easyvqa.plan_build(), directory)
-    except OutputExistsError:
-        # Another process (another rank, or a parallel run) finished the same build first.
+    except (OutputExistsError, OSError):
+        # Another process (another rank, or a parallel run) may have finished
+        # the same build first, and then its directory is the one to read.
+        if not (directory / MANIFEST_NAME).is_file():
+            raise
         logger.info(f"MM-SY easyvqa dataset appeared at {directory} during the build; using it")
         return
     logger.info(f"MM-SY easyvqa dataset: {result.summary()}")

@@ -5,7 +5,8 @@ from lmms_eval.api.group import ConfigurableGroup
 from lmms_eval.tasks import TaskManager
 from task_fixtures import tdiuc_items, write_dataset_dir
 
-from mmsy_tasks import paths, protocol
+from mmsy_tasks import paths, protocol, task_data
+from mmsy_tasks.builders import writer
 from mmsy_tasks.lmms_task import MMSYTask
 from mmsy_tasks.records import EASYVQA_CATEGORIES, TDIUC_CATEGORIES
 from mmsy_tasks.task_data import DatasetNotFoundError
@@ -115,3 +116,26 @@ def test_task_rejects_category_without_items(task_manager, empty_home):
 
     with pytest.raises(ValueError, match="no items of category 'counting'.*mmsy build --source tdiuc"):
         load(task_manager, "mmsy_tdiuc_live_counting")
+
+
+def test_easyvqa_build_race_uses_finished_directory(empty_home, monkeypatch):
+    directory = empty_home / "data" / "easyvqa"
+
+    def build_finished_by_another_process(plan, out):
+        write_dataset_dir(out, tdiuc_items(("color",)), "easyvqa")
+        raise OSError(39, "Directory not empty", str(out))
+
+    monkeypatch.setattr(writer, "write_dataset_dir", build_finished_by_another_process)
+
+    assert task_data.ensure_dataset_dir("easyvqa") == directory
+    assert len(task_data.load_items("easyvqa", "color")) == 1
+
+
+def test_easyvqa_build_failure_is_raised(empty_home, monkeypatch):
+    def failing_build(plan, out):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer, "write_dataset_dir", failing_build)
+
+    with pytest.raises(OSError, match="No space left"):
+        task_data.ensure_dataset_dir("easyvqa")
