@@ -118,13 +118,14 @@ def expand_docs(items: datasets.Dataset, protocol: str, prompt: str = "default")
     lmms-eval's ``--limit N`` keeps whole items where N allows. The dialogues
     share the items' table, images included, and add the ``DIALOGUE_COLUMNS``.
     Items that carry an indices mapping (from a non-contiguous ``select``)
-    are flattened by ``datasets`` first, which copies them.
+    are flattened by ``datasets`` first, which copies them, into a cache file
+    beside the dataset when it was loaded from disk.
     """
     if prompt not in PROMPTS:
         raise ValueError(f"prompt variant {prompt!r} is unknown; expected one of {', '.join(PROMPTS)}")
+    variants = dialogue_variants(protocol)
     validate_items(items)
 
-    variants = dialogue_variants(protocol)
     n_items = len(items)
     repeated = datasets.concatenate_datasets([items] * len(variants))
     columns = {
@@ -137,7 +138,7 @@ def expand_docs(items: datasets.Dataset, protocol: str, prompt: str = "default")
         [repeated, datasets.Dataset.from_dict(columns, features=DIALOGUE_COLUMNS)], axis=1
     )
 
-    item_major_order = [copy * n_items + item for item in range(n_items) for copy in range(len(variants))]
+    item_major_order = [variant * n_items + item for item in range(n_items) for variant in range(len(variants))]
     return expanded.select(item_major_order)
 
 

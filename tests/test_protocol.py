@@ -277,7 +277,7 @@ def test_build_record_prefilled_round1_only():
 
 @pytest.mark.parametrize(
     "response",
-    [None, "", "   ", "blah " * 20000 + "(C)", "答案是 (C) 蓝色。", "Ответ: синий", "\x00\ud800 (Z)"],
+    [None, "", "   ", "blah " * 20000 + "(C)", "答案是 (C) 蓝色。", "Ответ: синий", "\x00 (Z)"],
 )
 def test_build_record_odd_responses_do_not_crash(response):
     doc = expanded_doc("prefilled", tone="strong", probe="sycophancy", answer_idx=0, wrong_idx=2)
