@@ -40,7 +40,8 @@ def evaluation_args(checkpoint: Path, out: Path, batch_size: int, limit: int | N
     """Return the ``mmsy eval`` arguments of the demo's evaluation stage."""
     argv = [
         "--model", "mmsy_hf",
-        "--model_args", f"pretrained={checkpoint},batch_size={batch_size}",
+        "--model_args", f"pretrained={checkpoint}",
+        "--batch_size", str(batch_size),
         "--tasks", LIVE_TASK,
         "--log_samples",
         "--output_path", str(out / "lmms_eval"),
