@@ -47,13 +47,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
+from lmms_eval.api.model import lmms
+from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from loguru import logger
 from tqdm import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
-from lmms_eval.api.model import lmms
-from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from mmsy_models.chat import (
     InvalidImageError,
     ensure_chat_template,
@@ -80,6 +80,7 @@ from mmsy_models.kv_reuse import (
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_AUTO_BATCH_SIZE = 16
 VISUAL_TOKEN_ATTRIBUTES = ("image_token_id", "image_token_index", "video_token_id", "video_token_index")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 @dataclass
@@ -120,10 +121,10 @@ def _parse_batch_size(batch_size, max_batch_size) -> int:
 def _parse_dtype(dtype):
     if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
         return dtype or "auto"
-    value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"invalid dtype {dtype!r}: pass auto, float32, float16 or bfloat16")
-    return value
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"invalid dtype {dtype!r}: pass auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 class MMSYHF(lmms):
@@ -157,6 +158,7 @@ class MMSYHF(lmms):
         self.max_new_tokens = int(max_new_tokens)
         self.kv_reuse = bool(kv_reuse)
         self.reuse_reasons = ReasonLog()
+        self.last_meter: ThroughputMeter | None = None  # counts and timings of the latest generate call
 
         self.accelerator = Accelerator()
         self._device = self._select_device(device, device_map)
@@ -166,6 +168,8 @@ class MMSYHF(lmms):
         ensure_chat_template(self.processor, self.pretrained, chat_template)
 
         self.visual_token_ids = self._visual_token_ids()
+        # Qwen2-VL-style models (transformers 5.25) keep per-row M-RoPE offsets in ``rope_deltas`` on the inner
+        # model and resume cached generation from them, so a reused batch must carry its rows' offsets.
         self._rope_owner = next((module for module in self._model.modules() if hasattr(module, "rope_deltas")), None)
         self.amplification_enabled = self._enable_amplification(amplify_layers, amplify_alpha)
 
@@ -394,6 +398,16 @@ class MMSYHF(lmms):
 
     def _run_round(self, dialogues: list[Dialogue], meter: ThroughputMeter, keep_cache: bool) -> None:
         """Generate the current round for ``dialogues``, reusing cached earlier rounds where possible."""
+        started = time.perf_counter()
+        self._generate_round(dialogues, meter, keep_cache)
+
+        elapsed = time.perf_counter() - started
+        if any(dialogue.outputs[:-1] for dialogue in dialogues):
+            meter.later_round_seconds += elapsed
+        else:
+            meter.first_round_seconds += elapsed
+
+    def _generate_round(self, dialogues: list[Dialogue], meter: ThroughputMeter, keep_cache: bool) -> None:
         meter.rounds += len(dialogues)
         full = [dialogue for dialogue in dialogues if dialogue.slot is None]
         if len(full) < len(dialogues) and keep_cache:
@@ -479,7 +493,9 @@ class MMSYHF(lmms):
 
     def _generate(self, inputs: dict, settings: GenerationSettings, meter: ThroughputMeter, keep_cache: bool):
         config = settings.generation_config(self._model.generation_config, self._pad_token_id())
-        keep_cache = keep_cache and settings.num_beams == 1
+        if keep_cache and settings.num_beams > 1:
+            self.reuse_reasons.record("beam search (num_beams > 1) leaves a cache of beams, not of the returned answers")
+            keep_cache = False
         started = time.perf_counter()
         with torch.inference_mode():
             output = self._model.generate(**inputs, generation_config=config)
@@ -532,6 +548,7 @@ class MMSYHF(lmms):
         return eos if isinstance(eos, int) else eos[0]
 
     def _log_throughput(self, meter: ThroughputMeter) -> None:
+        self.last_meter = meter
         logger.info(f"mmsy_hf: {meter.summary()}")
         rate = meter.generated_tokens / meter.generate_seconds if meter.generate_seconds > 0 else 0.0
         log_metrics(

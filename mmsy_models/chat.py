@@ -60,13 +60,14 @@ def normalize_messages(messages) -> list[dict]:
 
     String content becomes one text item. Image items become
     ``{"type": "image", "image": PIL.Image}``. Raises ``ValueError`` for an
-    unknown role, an item type other than text and image (video and audio are
-    not supported), and ``InvalidImageError`` for an image that fails to decode.
+    unknown role or an item type other than text and image (video and audio are
+    not supported), ``TypeError`` when ``messages`` is not a list, and
+    ``InvalidImageError`` for an image that fails to decode.
     """
     if hasattr(messages, "model_dump"):
         messages = messages.model_dump()["messages"]
     if not isinstance(messages, Sequence) or isinstance(messages, str):
-        raise ValueError(f"doc_to_messages returned {type(messages).__name__}, expected a list of message dicts")
+        raise TypeError(f"doc_to_messages returned {type(messages).__name__}, expected a list of message dicts")
 
     normalized = []
     for message in messages:

@@ -142,6 +142,8 @@ class ThroughputMeter:
     reused_rounds: int = 0
     reencoded_rounds: int = 0
     reused_tokens: int = 0
+    first_round_seconds: float = 0.0
+    later_round_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
     def summary(self) -> str:
@@ -155,7 +157,8 @@ class ThroughputMeter:
         if self.reused_rounds or self.reencoded_rounds:
             text += (
                 f"; KV cache reused for {self.reused_rounds} later rounds ({self.reused_tokens} prompt tokens not "
-                f"encoded again), {self.reencoded_rounds} later rounds encoded in full"
+                f"encoded again), {self.reencoded_rounds} later rounds encoded in full; "
+                f"first rounds took {self.first_round_seconds:.2f} s, later rounds {self.later_round_seconds:.2f} s"
             )
         if self.empty_outputs:
             text += f"; {self.empty_outputs} empty outputs"

@@ -7,7 +7,13 @@ visual features, so a wrong padding, position or cache entry changes them.
 
 import pytest
 import torch
-from fixtures.lmms_requests import live_new_turn, live_whole_dialogue, make_docs, make_requests, prefilled_messages
+from fixtures.lmms_requests import (
+    live_new_turn,
+    live_whole_dialogue,
+    make_docs,
+    make_requests,
+    prefilled_messages,
+)
 from fixtures.logs import captured_logs
 from fixtures.tiny_vlms import BUILDERS
 

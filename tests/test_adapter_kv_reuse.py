@@ -6,7 +6,12 @@ from fixtures.lmms_requests import make_docs, round1_messages, round2_turn
 from fixtures.tiny_vlms import build_tiny_llava, build_tiny_qwen2_vl
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
-from mmsy_models.chat import assistant_message, message_images, normalize_messages, render_prompt
+from mmsy_models.chat import (
+    assistant_message,
+    message_images,
+    normalize_messages,
+    render_prompt,
+)
 from mmsy_models.kv_reuse import (
     CacheSlot,
     RoundCache,

@@ -12,9 +12,9 @@ import json
 import pytest
 import torch
 from fixtures.tiny_vlms import build_tiny_llava
+from lmms_eval.models import get_model
 from task_fixtures import easyvqa_items, lmms_eval_in_process, write_dataset_dir  # noqa: F401  (fixture)
 
-from lmms_eval.models import get_model
 from mmsy_models.adapter import MMSYHF
 from mmsy_tasks import eval_cli
 
@@ -47,7 +47,8 @@ def test_model_args_string_builds_adapter(tmp_path):
     assert adapter.device == torch.device("cpu")
 
 
-def test_mmsy_tasks_run_on_mmsy_hf(tmp_path, lmms_eval_in_process, monkeypatch):
+@pytest.mark.usefixtures("lmms_eval_in_process")
+def test_mmsy_tasks_run_on_mmsy_hf(tmp_path, monkeypatch):
     home = tmp_path / "home"
     write_dataset_dir(home / "data" / "easyvqa", easyvqa_items(per_category=1), "easyvqa")
     monkeypatch.setenv("MMSY_HOME", str(home))
