@@ -87,7 +87,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class Dialogue:
     """One request's chat across rounds: the current messages, the outputs so far and its cache slot."""
 
-    index: int
     doc_id: Any
     task: str
     doc: Any
@@ -264,7 +263,7 @@ class MMSYHF(lmms):
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         """Generate one reply to each request's chat messages, in batches of ``batch_size``."""
         meter = ThroughputMeter(requests=len(requests))
-        dialogues = [self._start_dialogue(index, request, meter) for index, request in enumerate(requests)]
+        dialogues = [self._start_dialogue(request, meter) for request in requests]
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="mmsy_hf generating")
         progress.update(sum(dialogue.done for dialogue in dialogues))
 
@@ -292,7 +291,7 @@ class MMSYHF(lmms):
         of a batch runs after round k - 1 of the same batch.
         """
         meter = ThroughputMeter(requests=len(requests))
-        dialogues = [self._start_dialogue(index, request, meter) for index, request in enumerate(requests)]
+        dialogues = [self._start_dialogue(request, meter) for request in requests]
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="mmsy_hf dialogues")
         progress.update(sum(dialogue.done for dialogue in dialogues))
         keep_cache = self._cache_reuse_enabled()
@@ -317,10 +316,9 @@ class MMSYHF(lmms):
 
     # --- dialogues -------------------------------------------------------------------
 
-    def _start_dialogue(self, index: int, request: Instance, meter: ThroughputMeter) -> Dialogue:
+    def _start_dialogue(self, request: Instance, meter: ThroughputMeter) -> Dialogue:
         context, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
         dialogue = Dialogue(
-            index=index,
             doc_id=doc_id,
             task=task,
             doc=self.task_dict[task][split][doc_id],

@@ -14,8 +14,7 @@ from transformers import GenerationConfig
 Row = TypeVar("Row")
 Result = TypeVar("Result")
 
-# Task generation kwargs that are handled here, and lmms-eval keys that do not reach generate.
-HANDLED_KWARGS = ("max_new_tokens", "temperature", "do_sample", "top_p", "top_k", "num_beams", "until")
+# Generation kwargs that lmms-eval adapters add for their own use and that do not reach generate.
 IGNORED_KWARGS = ("image_aspect_ratio", "image_sizes", "modalities")
 
 
