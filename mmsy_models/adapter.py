@@ -164,6 +164,10 @@ class MMSYHF(lmms):
         self._model = self._load_model(dtype, device_map, attn_implementation, trust_remote_code)
         self.processor = AutoProcessor.from_pretrained(self.pretrained, trust_remote_code=trust_remote_code)
         self.processor.tokenizer.padding_side = "left"
+        if self.processor.tokenizer.pad_token is None:
+            # Left-padded batches need a pad token; its positions are masked, so the EOS token serves.
+            logger.info(f"The tokenizer of {self.pretrained} has no pad token: padding with its EOS token")
+            self.processor.tokenizer.pad_token = self.processor.tokenizer.eos_token
         ensure_chat_template(self.processor, self.pretrained, chat_template)
 
         self.visual_token_ids = self._visual_token_ids()
@@ -331,7 +335,10 @@ class MMSYHF(lmms):
         return dialogue
 
     def _set_messages(self, dialogue: Dialogue, build, meter: ThroughputMeter) -> None:
-        """Set the dialogue's next messages from ``build()``, or end it with an empty answer on an undecodable image."""
+        """Set the dialogue's next messages from ``build()``, or end it with an empty answer on an undecodable image.
+
+        Other invalid messages raise ``ValueError`` or ``TypeError`` naming the task and doc id.
+        """
         try:
             dialogue.messages = build()
         except InvalidImageError as error:
@@ -340,6 +347,8 @@ class MMSYHF(lmms):
             dialogue.outputs.append("")
             dialogue.done = True
             return
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"invalid chat messages for {dialogue.describe()}: {error}") from error
         dialogue.prompt = render_prompt(self.processor, dialogue.messages)
 
     def _advance(self, dialogue: Dialogue, round_index: int, meter: ThroughputMeter) -> None:

@@ -1,5 +1,6 @@
 """mmsy_hf dialogue handling on a tiny LLaVA: history, round protocol, bad input, OOM halving, model args."""
 
+import json
 import shutil
 
 import pytest
@@ -215,6 +216,16 @@ def test_undecodable_image_skipped_with_empty_answer(adapter):
     assert "1 requests skipped for undecodable images" in _summary(messages)
 
 
+def test_video_item_rejected_with_doc_id(adapter):
+    def doc_to_messages(doc):
+        return [{"role": "user", "content": [{"type": "video", "url": "clip.mp4"}, {"type": "text", "text": "What happens?"}]}]
+
+    requests = make_requests(adapter, make_docs(2, seed=18), doc_to_messages, {"max_new_tokens": 3})
+
+    with pytest.raises(ValueError, match=f"task {TASK}, doc id 0: content type 'video' is not supported"):
+        adapter.generate_until(requests)
+
+
 def test_doc_without_image_runs_text_only(adapter):
     docs = make_docs(2, seed=11) + make_docs(2, seed=12, with_image=False)
     requests = make_requests(adapter, docs, live_whole_dialogue, {"max_new_tokens": 3}, MULTI_ROUND)
@@ -242,6 +253,24 @@ def test_stop_string_cuts_output_and_counts_empty(adapter):
         assert whole.startswith(part)
     expected_empty = sum(1 for text in cut if not text)
     assert f"{expected_empty} empty outputs" in _summary(messages)
+
+
+def test_tokenizer_without_pad_token_pads_with_eos(llava_path, tmp_path):
+    checkpoint = tmp_path / "no_pad"
+    shutil.copytree(llava_path, checkpoint)
+    config_file = checkpoint / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text())
+    del tokenizer_config["pad_token"]
+    config_file.write_text(json.dumps(tokenizer_config))
+    docs = make_docs(4, seed=19)
+
+    unbatched_adapter = MMSYHF(pretrained=str(checkpoint), device="cpu", batch_size=1)
+    unbatched = [result.text for result in unbatched_adapter.generate_until(make_requests(unbatched_adapter, docs, prefilled_messages))]
+    adapter = MMSYHF(pretrained=str(checkpoint), device="cpu", batch_size=4)
+    batched = [result.text for result in adapter.generate_until(make_requests(adapter, docs, prefilled_messages))]
+
+    assert adapter.tokenizer.pad_token == adapter.tokenizer.eos_token
+    assert batched == unbatched
 
 
 def test_missing_chat_template_error(llava_path, tmp_path):
