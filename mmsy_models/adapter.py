@@ -165,7 +165,7 @@ class MMSYHF(lmms):
         self.processor = AutoProcessor.from_pretrained(self.pretrained, trust_remote_code=trust_remote_code)
         self.processor.tokenizer.padding_side = "left"
         if self.processor.tokenizer.pad_token is None:
-            # Left-padded batches need a pad token; its positions are masked, so the EOS token serves.
+            # Left-padded batches need a pad token. The mask hides padded positions, so the EOS token serves.
             logger.info(f"The tokenizer of {self.pretrained} has no pad token: padding with its EOS token")
             self.processor.tokenizer.pad_token = self.processor.tokenizer.eos_token
         ensure_chat_template(self.processor, self.pretrained, chat_template)
@@ -335,7 +335,7 @@ class MMSYHF(lmms):
         return dialogue
 
     def _set_messages(self, dialogue: Dialogue, build, meter: ThroughputMeter) -> None:
-        """Set the dialogue's next messages from ``build()``, or end it with an empty answer on an undecodable image.
+        """Set the dialogue's next messages from ``build()``, or end it with an empty output on an undecodable image.
 
         Other invalid messages raise ``ValueError`` or ``TypeError`` naming the task and doc id.
         """
