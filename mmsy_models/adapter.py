@@ -78,6 +78,8 @@ from mmsy_models.kv_reuse import (
 )
 
 DEFAULT_MAX_NEW_TOKENS = 256
+# Rounds a dialogue with an undecodable image gets at most, each with an empty output.
+MAX_SKIPPED_ROUNDS = 16
 DEFAULT_AUTO_BATCH_SIZE = 16
 VISUAL_TOKEN_ATTRIBUTES = ("image_token_id", "image_token_index", "video_token_id", "video_token_index")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -101,6 +103,7 @@ class Dialogue:
     round_info: Any = None
     slot: CacheSlot | None = None
     done: bool = False
+    skipped: bool = False
 
     def describe(self) -> str:
         return f"task {self.task}, doc id {self.doc_id}"
@@ -314,9 +317,32 @@ class MMSYHF(lmms):
                 progress.update(len(finished))
                 active = [dialogue for dialogue in active if not dialogue.done]
 
+        for dialogue in dialogues:
+            if dialogue.skipped:
+                self._fill_skipped_rounds(dialogue)
         progress.close()
         self._log_throughput(meter)
         return [dialogue.outputs for dialogue in dialogues]
+
+    def _fill_skipped_rounds(self, dialogue: Dialogue) -> None:
+        """Give a skipped dialogue an empty output for every round its task asks, without generating.
+
+        The task then scores each round as an invalid answer instead of
+        receiving fewer rounds than its protocol has.
+        """
+        for round_index in range(len(dialogue.outputs), MAX_SKIPPED_ROUNDS):
+            payload = dialogue.doc_to_messages(
+                dialogue.doc,
+                round_idx=round_index,
+                previous_output=list(dialogue.outputs),
+                previous_round_info=dialogue.round_info,
+            )
+            if not (isinstance(payload, tuple) and len(payload) == 4):
+                return
+            messages, terminal, _, dialogue.round_info = payload
+            if terminal or messages is None:
+                return
+            dialogue.outputs.append("")
 
     # --- dialogues -------------------------------------------------------------------
 
@@ -346,6 +372,7 @@ class MMSYHF(lmms):
             meter.skipped_requests += 1
             dialogue.outputs.append("")
             dialogue.done = True
+            dialogue.skipped = True
             return
         except (ValueError, TypeError) as error:
             raise type(error)(f"invalid chat messages for {dialogue.describe()}: {error}") from error

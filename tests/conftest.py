@@ -7,11 +7,16 @@ cached by earlier runs on the machine never decide a result.
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The test models are tiny: one intra-op thread is as fast as two, and it
+# keeps a test from stalling when lmms-eval subprocesses share the cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

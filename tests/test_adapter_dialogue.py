@@ -216,6 +216,20 @@ def test_undecodable_image_skipped_with_empty_answer(adapter):
     assert "1 requests skipped for undecodable images" in _summary(messages)
 
 
+def test_undecodable_image_gets_empty_output_per_round(adapter):
+    docs = make_docs(3, seed=11)
+    docs[2]["image"] = b"these bytes are not an image"
+    requests = make_requests(adapter, docs, live_whole_dialogue, {"max_new_tokens": 3}, MULTI_ROUND)
+
+    with captured_logs() as messages:
+        results = adapter.generate_until_multi_round(requests)
+
+    assert results[2] == ["", ""]
+    assert len(results[0]) == 2
+    assert len(results[1]) == 2
+    assert "1 requests skipped for undecodable images" in _summary(messages)
+
+
 def test_video_item_rejected_with_doc_id(adapter):
     def doc_to_messages(doc):
         return [{"role": "user", "content": [{"type": "video", "url": "clip.mp4"}, {"type": "text", "text": "What happens?"}]}]
