@@ -3,7 +3,7 @@
 Run it like any lmms-eval model::
 
     lmms-eval --model mmsy_hf --model_args pretrained=llava-hf/llava-1.5-7b-hf,dtype=bfloat16 \\
-        --tasks mmsy_live --include_path "$(mmsy tasks-path)" --batch_size 8
+        --tasks mmsy --include_path "$(mmsy tasks-path)" --batch_size 8
 
 ``generate_until`` generates one reply per request (ordinary tasks and the
 MM-SY prefilled protocol, whose history already contains the round-1 answer).
