@@ -6,7 +6,6 @@ visual features, so a wrong padding, position or cache entry changes them.
 """
 
 import pytest
-import torch
 from fixtures.lmms_requests import (
     live_new_turn,
     live_whole_dialogue,
@@ -20,15 +19,6 @@ from fixtures.tiny_vlms import BUILDERS
 from mmsy_models.adapter import MMSYHF
 
 ARCHITECTURES = sorted(BUILDERS)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run torch on one thread: on a shared 2-core machine, two threads wait on each other for tiny matrices."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)

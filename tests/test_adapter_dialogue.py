@@ -26,15 +26,6 @@ from mmsy_models.chat import MissingChatTemplateError
 MULTI_ROUND = "generate_until_multi_round"
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run torch on one thread: on a shared 2-core machine, two threads wait on each other for tiny matrices."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def llava_path(tmp_path_factory):
     return build_tiny_llava(tmp_path_factory.mktemp("llava") / "checkpoint")

@@ -7,15 +7,6 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run torch on one thread: on a shared 2-core machine, two threads wait on each other for tiny matrices."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 MESSAGES = [
     {
         "role": "user",

@@ -25,15 +25,6 @@ from mmsy_models.kv_reuse import (
 IMAGE = 99
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run torch on one thread: on a shared 2-core machine, two threads wait on each other for tiny matrices."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _slot(tokens: list[int]) -> CacheSlot:
     round_cache = RoundCache(cache=DynamicCache(), token_ids=[torch.tensor(tokens)], offsets=[0])
     return CacheSlot(round_cache, 0)

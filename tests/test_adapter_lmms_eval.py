@@ -19,15 +19,6 @@ from mmsy_models.adapter import MMSYHF
 from mmsy_tasks import eval_cli
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run torch on one thread: on a shared 2-core machine, two threads wait on each other for tiny matrices."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_registry_resolves_mmsy_hf():
     assert get_model("mmsy_hf") is MMSYHF
 
