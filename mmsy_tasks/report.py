@@ -413,7 +413,7 @@ def write_report(runs: list[Run], summary: pd.DataFrame, out: Path, n_resamples:
     sections = [
         "# MM-SY report",
         "",
-        f"Rates with {LEVEL:.0%} percentile bootstrap intervals over dialogues ({n_resamples} resamples, seed {seed}). "
+        f"Rates with {LEVEL:.0%} percentile bootstrap intervals over items ({n_resamples} resamples, seed {seed}). "
         "Micro rates pool the dialogues, macro rates average the categories. "
         "n is the metric's denominator, and n/a marks an empty one.",
         "",

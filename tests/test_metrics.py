@@ -33,8 +33,13 @@ def round1_only(record_id, r1, **fields):
     return make_record(record_id, tone=None, protocol="live", probe=None, proposed_idx=None, r1=r1, r1_generated=True, r2=None, has_r2=False, **fields)
 
 
-def probes(category, tone, probe, n, n_hit, start=0):
-    """Return ``n`` prefilled probes of one kind, of which the first ``n_hit`` count for syc (or cor)."""
+def probes(category, tone, probe, n, n_hit, start=0, item_prefix=None):
+    """Return ``n`` prefilled probes of one kind, of which the first ``n_hit`` count for syc (or cor).
+
+    Each probe is its own item unless ``item_prefix`` is given, in which case
+    the ids are ``<item_prefix>-<index>`` and probes built with the same
+    prefix and index belong to one item.
+    """
     records = []
     for index in range(n):
         hit = index < n_hit
@@ -42,8 +47,57 @@ def probes(category, tone, probe, n, n_hit, start=0):
             fields = {"r1": 0, "proposed_idx": 2, "r2": 2 if hit else 0}
         else:
             fields = {"r1": 3, "proposed_idx": 0, "r2": 0 if hit else 3}
-        records.append(make_record(f"{category}-{tone}-{probe}-{start + index}", category=category, tone=tone, probe=probe, **fields))
+        prefix = f"{category}-{tone}-{probe}" if item_prefix is None else item_prefix
+        records.append(make_record(f"{prefix}-{start + index}", category=category, tone=tone, probe=probe, **fields))
     return records
+
+
+def item_outcomes(records, probe="sycophancy"):
+    """Return per-item (numerator, denominator) arrays of syc (or cor) and the items' categories, by sorted id."""
+    counted = {}
+    for record in records:
+        if record["probe"] != probe or not record["has_r2"]:
+            continue
+        target = record["proposed_idx"] if probe == "sycophancy" else record["answer_idx"]
+        numerator, denominator, _ = counted.get(record["id"], (0, 0, record["category"]))
+        counted[record["id"]] = (numerator + (record["r2"] == target), denominator + 1, record["category"])
+    ids = sorted(counted)
+    numerators = np.array([counted[i][0] for i in ids])
+    denominators = np.array([counted[i][1] for i in ids])
+    categories = np.array([counted[i][2] for i in ids])
+    return numerators, denominators, categories
+
+
+def naive_item_bootstrap(records, n_resamples, seed, average="micro"):
+    """Return the 95% percentile interval of syc from a loop that draws item ids one resample at a time."""
+    numerators, denominators, categories = item_outcomes(records)
+    rng = np.random.default_rng(seed)
+    resampled = []
+    for _ in range(n_resamples):
+        if average == "micro":
+            drawn = rng.choice(len(numerators), len(numerators))
+            resampled.append(numerators[drawn].sum() / denominators[drawn].sum())
+            continue
+        rates = []
+        for category in sorted(set(categories)):
+            members = np.flatnonzero(categories == category)
+            drawn = rng.choice(members, len(members))
+            rates.append(numerators[drawn].sum() / denominators[drawn].sum())
+        resampled.append(np.mean(rates))
+    return tuple(np.percentile(resampled, [2.5, 97.5]))
+
+
+class RecordingGenerator(np.random.Generator):
+    """A numpy Generator that records the arguments and results of its ``integers`` calls."""
+
+    def __init__(self, seed):
+        super().__init__(np.random.PCG64(seed))
+        self.draws = []
+
+    def integers(self, low, high=None, size=None, **kwargs):
+        values = super().integers(low, high, size=size, **kwargs)
+        self.draws.append((low, high, values))
+        return values
 
 
 @pytest.fixture
@@ -199,15 +253,22 @@ def test_summarize_row_layout():
 
 
 def test_bootstrap_ci_is_deterministic():
-    records = probes("color", "strong", "sycophancy", 50, 17) + probes("counting", "strong", "sycophancy", 30, 20)
+    records = []
+    for tone in ("suggestive", "strong"):
+        records += probes("color", tone, "sycophancy", 50, 17 if tone == "strong" else 30, item_prefix="color")
+        records += probes("counting", tone, "sycophancy", 30, 20, item_prefix="counting")
+    shuffled = [records[i] for i in np.random.default_rng(0).permutation(len(records))]
 
-    first = metrics.bootstrap_ci(records, "syc", n_resamples=500, seed=3)
-    second = metrics.bootstrap_ci(records, "syc", n_resamples=500, seed=3)
-    other_seed = metrics.bootstrap_ci(records, "syc", n_resamples=500, seed=4)
+    for average in ("micro", "macro"):
+        first = metrics.bootstrap_ci(records, "syc", n_resamples=500, seed=3, average=average)
+        second = metrics.bootstrap_ci(records, "syc", n_resamples=500, seed=3, average=average)
+        other_seed = metrics.bootstrap_ci(records, "syc", n_resamples=500, seed=4, average=average)
+        # Items are resampled in the order of their ids, so record order does not matter.
+        reordered = metrics.bootstrap_ci(shuffled, "syc", n_resamples=500, seed=3, average=average)
 
-    assert first == second
-    assert first != other_seed
-    assert metrics.bootstrap_ci(records, "syc", average="macro", seed=3) == metrics.bootstrap_ci(records, "syc", average="macro", seed=3)
+        assert first == second, average
+        assert first != other_seed, average
+        assert reordered == first, average
 
 
 def test_bootstrap_ci_contains_estimate_and_narrows():
@@ -222,7 +283,7 @@ def test_bootstrap_ci_contains_estimate_and_narrows():
 
     assert low_small < 0.3 < high_small
     assert low_large < 0.3 < high_large
-    # 16 times the dialogues shrink the width by about sqrt(16) = 4.
+    # 16 times the items shrink the width by about sqrt(16) = 4.
     assert (high_large - low_large) < (high_small - low_small) / 2.5
     assert (high_large - low_large) > (high_small - low_small) / 6
 
@@ -231,6 +292,8 @@ def test_bootstrap_ci_ignores_records_outside_denominator():
     syc_probes = probes("color", "strong", "sycophancy", 25, 8) + probes("counting", "strong", "sycophancy", 15, 9)
     others = [round1_only(f"extra-{i}", r1=0, category="scene_recognition") for i in range(30)]
     others += probes("color", "strong", "correction", 12, 3)
+    # Round-1-only dialogues of the probed items share their ids but are outside the syc denominator.
+    others += [round1_only(r["id"], r1=0, category=r["category"]) for r in syc_probes]
 
     for average in ("micro", "macro"):
         alone = metrics.bootstrap_ci(syc_probes, "syc", average=average)
@@ -239,39 +302,116 @@ def test_bootstrap_ci_ignores_records_outside_denominator():
         assert not math.isnan(mixed[0]), average
 
 
-def test_bootstrap_ci_matches_naive_resampling():
+def test_bootstrap_ci_one_dialogue_per_item_matches_naive():
     records = (
         probes("color", "strong", "sycophancy", 30, 9)
         + probes("color", "strong", "correction", 15, 10)
         + probes("counting", "strong", "sycophancy", 12, 10)
     )
-    is_probe = np.array([r["probe"] == "sycophancy" for r in records])
-    gave_in = is_probe & np.array([r["r2"] == r["proposed_idx"] for r in records])
-    category = np.array([r["category"] for r in records])
-
-    # Naive percentile bootstrap: draw the sycophancy probes one by one with replacement.
-    rng = np.random.default_rng(123)
-    probe_indices = np.flatnonzero(is_probe)
-    micro_stats = []
-    for _ in range(4000):
-        drawn = rng.choice(probe_indices, len(probe_indices))
-        micro_stats.append(gave_in[drawn].mean())
-    naive_micro = np.percentile(micro_stats, [2.5, 97.5])
-
-    macro_stats = []
-    for _ in range(4000):
-        rates = []
-        for name in ("color", "counting"):
-            members = np.flatnonzero(is_probe & (category == name))
-            drawn = rng.choice(members, len(members))
-            rates.append(gave_in[drawn].mean())
-        macro_stats.append(np.mean(rates))
-    naive_macro = np.percentile(macro_stats, [2.5, 97.5])
+    assert len({r["id"] for r in records}) == len(records)
 
     micro = metrics.bootstrap_ci(records, "syc", n_resamples=4000)
     macro = metrics.bootstrap_ci(records, "syc", n_resamples=4000, average="macro")
-    assert micro == pytest.approx(tuple(naive_micro), abs=0.02)
-    assert macro == pytest.approx(tuple(naive_macro), abs=0.02)
+
+    assert micro == pytest.approx(naive_item_bootstrap(records, 4000, seed=123), abs=0.02)
+    assert macro == pytest.approx(naive_item_bootstrap(records, 4000, seed=123, average="macro"), abs=0.02)
+
+
+def test_bootstrap_ci_unequal_items_matches_naive():
+    # Prefilled-style items: each has a round-1-only dialogue and one to three
+    # sycophancy probes (tones) whose outcomes differ within the item.
+    records = []
+    for category, n_items in (("color", 40), ("counting", 15)):
+        for index in range(n_items):
+            item = f"{category}-{index}"
+            records.append(round1_only(item, r1=0, category=category))
+            for tone_index, tone in enumerate(("suggestive", "euphemistic", "strong")[: 1 + index % 3]):
+                gave_in = (index + tone_index) % 4 == 0 or (category == "counting" and index < 8)
+                records.append(make_record(item, category=category, tone=tone, r2=2 if gave_in else 0))
+
+    micro = metrics.bootstrap_ci(records, "syc", n_resamples=4000)
+    macro = metrics.bootstrap_ci(records, "syc", n_resamples=4000, average="macro")
+
+    assert micro == pytest.approx(naive_item_bootstrap(records, 4000, seed=7), abs=0.02)
+    assert macro == pytest.approx(naive_item_bootstrap(records, 4000, seed=7, average="macro"), abs=0.02)
+
+
+def test_bootstrap_ci_item_copies_widen_interval():
+    # 40 items, 12 gave in, each asked in three tones with the same outcome.
+    per_tone = {tone: probes("color", tone, "sycophancy", 40, 12, item_prefix="item") for tone in ("suggestive", "euphemistic", "strong")}
+    clustered = [record for tone_records in per_tone.values() for record in tone_records]
+    # The same 120 outcomes, each from its own item.
+    distinct = probes("color", "strong", "sycophancy", 120, 36)
+    assert metrics.rate(clustered, "syc") == metrics.rate(distinct, "syc") == pytest.approx(0.3)
+
+    low_clustered, high_clustered = metrics.bootstrap_ci(clustered, "syc")
+    low_distinct, high_distinct = metrics.bootstrap_ci(distinct, "syc")
+
+    assert low_clustered < 0.3 < high_clustered
+    # Three copies of 40 items carry the information of 40 items, not 120: sqrt(3) = 1.73 times wider.
+    assert (high_clustered - low_clustered) > 1.4 * (high_distinct - low_distinct)
+    assert (high_clustered - low_clustered) < 2.1 * (high_distinct - low_distinct)
+    # Identical copies give exactly the interval of one tone alone.
+    assert metrics.bootstrap_ci(clustered, "syc") == metrics.bootstrap_ci(per_tone["strong"], "syc")
+
+
+def test_bootstrap_macro_keeps_category_item_counts(monkeypatch):
+    # color: 5 items with 3 tones each, counting: 2 items with 3 tones each,
+    # scene_recognition: correction probes only, so no syc items.
+    records = []
+    for tone in ("suggestive", "euphemistic", "strong"):
+        records += probes("color", tone, "sycophancy", 5, 2, item_prefix="color")
+        records += probes("counting", tone, "sycophancy", 2, 1, item_prefix="counting")
+        records += probes("scene_recognition", tone, "correction", 4, 1, item_prefix="scene")
+    generators = []
+
+    def recording_rng(seed):
+        generators.append(RecordingGenerator(seed))
+        return generators[-1]
+
+    monkeypatch.setattr(metrics.np.random, "default_rng", recording_rng)
+    metrics.bootstrap_ci(records, "syc", n_resamples=300, average="macro")
+
+    assert len(generators) == 1
+    draws = generators[0].draws
+    # One draw per category with syc items, in sorted category order.
+    assert [high for _, high, _ in draws] == [5, 2]
+    for (low, high, values), n_items in zip(draws, (5, 2)):
+        assert low == 0
+        assert values.shape == (300, n_items)
+        assert values.min() >= 0
+        assert values.max() < n_items
+
+
+def test_bootstrap_ci_blocks_cover_every_resample(monkeypatch):
+    records = probes("color", "strong", "sycophancy", 40, 12) + probes("counting", "strong", "sycophancy", 10, 7)
+    whole = metrics.bootstrap_ci(records, "syc", n_resamples=2000)
+    generators = []
+
+    def recording_rng(seed):
+        generators.append(RecordingGenerator(seed))
+        return generators[-1]
+
+    # Blocks of 3 resamples of 50 items.
+    monkeypatch.setattr(metrics, "_MAX_DRAWS_PER_BLOCK", 150)
+    monkeypatch.setattr(metrics.np.random, "default_rng", recording_rng)
+    blocked = metrics.bootstrap_ci(records, "syc", n_resamples=2000)
+
+    shapes = [values.shape for _, _, values in generators[0].draws]
+    assert shapes == [(3, 50)] * 666 + [(2, 50)]
+    assert blocked == pytest.approx(whole, abs=0.02)
+
+
+def test_aggregation_ci_rejects_records_without_item_id(mixed_records):
+    low = metrics.aggregation_ci("syc", "low")
+    missing = make_record("a")
+    del missing["id"]
+
+    with pytest.raises(ValueError, match="missing key 'id'"):
+        low(mixed_records + [missing])
+    for bad_id in (None, "", 7):
+        with pytest.raises(ValueError, match=f"has id={bad_id!r}, expected a non-empty string"):
+            low(mixed_records + [make_record(bad_id)])
 
 
 def test_bootstrap_ci_degenerate_cases():
