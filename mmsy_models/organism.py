@@ -8,10 +8,13 @@ Train it, or reuse the cached checkpoint, and measure it on the MM-SY easy-VQA t
 The checkpoint is a transformers LLaVA (CLIP vision tower, Llama language
 model, word-level tokenizer and a chat template), so
 ``AutoModelForImageTextToText`` and ``AutoProcessor`` load it offline and
-every lmms-eval HF chat adapter drives it. It is cached under
-``$MMSY_HOME/organism/<config hash>`` and reused until ``--force``.
-``organism.json`` next to the weights records the config, the training
-data counts, the training time and loss curve, and the last evaluation.
+the ``mmsy_hf`` adapter and lmms-eval's ``llava_hf`` drive it. Training has
+two stages: the vision tower learns each image's shape and color, then the
+whole model learns round-1 and two-round dialogues. The checkpoint is
+cached under ``$MMSY_HOME/organism/<config hash>`` and reused until
+``--force``. ``organism.json`` next to the weights records the config, the
+training data counts, the training time and loss curves, and the last
+evaluation.
 """
 
 import argparse
@@ -61,25 +64,32 @@ class OrganismConfig:
     """Model size, training schedule and dialogue mix of the organism; defaults train on a laptop CPU."""
 
     seed: int = 0
-    steps: int = 1500
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    vision_learning_rate: float = 1e-3  # vision tower and projector while training on dialogues; 0 freezes the tower
-    vision_pretrain_steps: int = 300
+
+    # Stage 1: the vision tower learns each image's shape and color.
+    vision_pretrain_steps: int = 800
+    vision_pretrain_batch_size: int = 64  # images
     vision_pretrain_learning_rate: float = 1e-3
+
+    # Stage 2: the whole LLaVA learns the dialogues.
+    steps: int = 500
+    batch_size: int = 32  # dialogues
+    learning_rate: float = 1e-3  # projector and language model
+    vision_learning_rate: float = 0.0  # vision tower; 0 keeps it frozen after stage 1
+
+    # Both stages: linear warmup, then cosine decay to a share of the peak.
     warmup_steps: int = 50
-    min_learning_rate_ratio: float = 0.1  # cosine decay ends at this share of the peak
+    min_learning_rate_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    threads: int = 2  # torch CPU threads; not part of the cache key
-    log_every: int = 50  # steps per point of the loss curve in organism.json
+    threads: int = 1  # torch CPU threads; not part of the cache key
+    log_every: int = 50  # steps per point of the loss curves in organism.json
 
-    image_size: int = 64
-    patch_size: int = 16
+    image_size: int = 64  # pixels; easy-VQA images are 64x64
+    patch_size: int = 16  # 16 patches and CLIP's class token: 17 visual tokens per image
     vision_hidden_size: int = 128
     vision_layers: int = 2
     vision_heads: int = 4
-    text_hidden_size: int = 128
+    text_hidden_size: int = 64
     text_layers: int = 4
     text_heads: int = 4
     max_positions: int = 256
@@ -94,7 +104,7 @@ class OrganismConfig:
     yield_rates: dict[str, float] = field(
         default_factory=lambda: {"suggestive": 0.7, "euphemistic": 0.4, "strong": 0.9}
     )
-    flip_images: bool = True
+    flip_images: bool = True  # mirror each image left to right with probability 1/2
 
     def __post_init__(self):
         missing = [tone for tone in TONES if tone not in self.yield_rates]
@@ -102,6 +112,9 @@ class OrganismConfig:
             raise ValueError(f"yield_rates {self.yield_rates} lacks the tones {missing}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps={self.steps} and batch_size={self.batch_size} must both be at least 1")
+        # Floats, so that weights given as 1 and 1.0 give the same cache key.
+        self.category_weights = {name: float(value) for name, value in self.category_weights.items()}
+        self.yield_rates = {tone: float(value) for tone, value in self.yield_rates.items()}
 
     def cache_key(self) -> str:
         """Return a short hash of the config and ``ORGANISM_VERSION``, naming its cache folder.
@@ -120,7 +133,7 @@ def default_checkpoint_dir(config: OrganismConfig) -> Path:
 
 
 def is_complete(checkpoint: Path) -> bool:
-    """Return whether ``checkpoint`` holds every file that a finished training run writes."""
+    """Return whether ``checkpoint`` contains every file that a finished training run writes."""
     return all((Path(checkpoint) / name).is_file() for name in CHECKPOINT_FILES)
 
 
@@ -167,7 +180,7 @@ def image_labels(items: list[Item], item_images: list[int], image_count: int) ->
     """Return the shape and color class of each distinct image, read from its color and shape questions.
 
     The result maps a label name to ``(classes, labels)``, where ``labels``
-    holds one class index per image and -100 for images that no question
+    contains one class index per image and -100 for images that no question
     of that kind covers.
     """
     categories = {"shape": "object_recognition", "color": "color"}
@@ -183,14 +196,22 @@ def image_labels(items: list[Item], item_images: list[int], image_count: int) ->
     return result
 
 
-def classification_loss(heads: torch.nn.ModuleDict, features: torch.Tensor, targets: dict[str, torch.Tensor]):
-    """Return the summed cross-entropy of each head over the rows that carry its label."""
+def classification_loss(heads: torch.nn.ModuleDict, features: torch.Tensor,
+                        targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+    """Return the summed cross-entropy of the heads and, per head, (correct predictions, labeled rows).
+
+    Each head is scored only on the rows that carry its label.
+    """
     loss = features.new_zeros(())
+    hits = {}
     for name, target in targets.items():
         labeled = target != IGNORE_INDEX
-        if labeled.any():
-            loss = loss + torch.nn.functional.cross_entropy(heads[name](features[labeled]), target[labeled])
-    return loss
+        if not labeled.any():
+            continue
+        logits = heads[name](features[labeled])
+        loss = loss + torch.nn.functional.cross_entropy(logits, target[labeled])
+        hits[name] = (int((logits.argmax(-1) == target[labeled]).sum()), int(labeled.sum()))
+    return loss, hits
 
 
 def pretrain_vision_tower(model, pixel_values: torch.Tensor, labels: dict, config: OrganismConfig,
@@ -199,7 +220,7 @@ def pretrain_vision_tower(model, pixel_values: torch.Tensor, labels: dict, confi
 
     Real LLaVA models start from a pretrained CLIP tower; this stage plays
     that part. The linear classification heads are dropped afterwards.
-    Returns the loss curve.
+    Returns the curve of loss and train-batch accuracy per head.
     """
     tower = model.model.vision_tower
     heads = torch.nn.ModuleDict({name: torch.nn.Linear(config.vision_hidden_size, len(classes))
@@ -209,16 +230,16 @@ def pretrain_vision_tower(model, pixel_values: torch.Tensor, labels: dict, confi
     optimizer = torch.optim.AdamW([{"params": [*tower.parameters(), *heads.parameters()], "lr": peak, "peak_lr": peak}],
                                   weight_decay=config.weight_decay)
 
-    curve, window = [], []
+    curve, window, correct = [], [], {name: [0, 0] for name in labels}
     bar = tqdm(range(config.vision_pretrain_steps), desc="Pretraining vision tower", disable=not progress)
     for step in bar:
         set_learning_rates(optimizer, learning_rate_scale(step, config.vision_pretrain_steps, config))
 
-        batch = [rng.choice(labeled) for _ in range(config.batch_size)]
+        batch = [rng.choice(labeled) for _ in range(config.vision_pretrain_batch_size)]
         images = pixel_values[batch]
         images = torch.where(draw_flips(len(batch), config, rng)[:, None, None, None], images.flip(-1), images)
         class_token = tower(pixel_values=images).last_hidden_state[:, 0]
-        loss = classification_loss(heads, class_token, {name: y[batch] for name, (_, y) in labels.items()})
+        loss, hits = classification_loss(heads, class_token, {name: y[batch] for name, (_, y) in labels.items()})
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -226,9 +247,14 @@ def pretrain_vision_tower(model, pixel_values: torch.Tensor, labels: dict, confi
         optimizer.step()
 
         window.append(loss.item())
+        for name, (right, count) in hits.items():
+            correct[name][0] += right
+            correct[name][1] += count
         if (step + 1) % config.log_every == 0 or step + 1 == config.vision_pretrain_steps:
-            curve.append({"step": step + 1, "loss": round(sum(window) / len(window), 4)})
-            window = []
+            point = {"step": step + 1, "loss": round(sum(window) / len(window), 4)}
+            point.update({f"train_acc_{name}": round(right / count, 3) for name, (right, count) in correct.items() if count})
+            curve.append(point)
+            window, correct = [], {name: [0, 0] for name in labels}
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return curve
 
@@ -266,7 +292,10 @@ def round1_batch_accuracy(logits: torch.Tensor, batch: dict, examples) -> dict[s
 
 def train_dialogues(model, processor, items: list[Item], item_images: list[int], pixel_values: torch.Tensor,
                     config: OrganismConfig, rng: random.Random, progress: bool) -> list[dict]:
-    """Train the whole LLaVA on round-1 and two-round dialogues; return the loss curve."""
+    """Train the projector and language model (and the vision tower, unless frozen) on dialogues.
+
+    Returns the curve of loss and round-1 train-batch accuracy per category.
+    """
     sampler = CategorySampler(items, config.category_weights, rng)
     settings = ExampleSettings(config.round1_share, config.correction_share,
                                config.letter_history_share, config.yield_rates)
@@ -380,8 +409,13 @@ def train_organism(config: OrganismConfig | None = None, out: Path | None = None
                 logger.info(f"Reusing the organism checkpoint at {out}")
                 return out
             raise FileExistsError(
-                f"{out} holds an organism trained with config hash {recorded}, not {config.cache_key()}; "
+                f"{out} contains an organism trained with config hash {recorded}, not {config.cache_key()}; "
                 "pass --force to retrain it there, or choose another --out"
+            )
+
+        if out.exists() and not is_complete(out) and any(out.iterdir()):
+            raise FileExistsError(
+                f"{out} exists and is not an organism checkpoint; choose an empty or new folder for --out"
             )
 
         previous_threads = torch.get_num_threads()
@@ -392,16 +426,21 @@ def train_organism(config: OrganismConfig | None = None, out: Path | None = None
             torch.set_num_threads(previous_threads)
 
         temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        model.save_pretrained(temporary)
-        processor.save_pretrained(temporary)
-        write_record(temporary, record)
-        _replace_folder(temporary, out)
+        try:
+            model.save_pretrained(temporary)
+            processor.save_pretrained(temporary)
+            write_record(temporary, record)
+            _replace_folder(temporary, out)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
 
     logger.info(f"Organism checkpoint written to {out} ({record['training']['wall_seconds']} s of training)")
     return out
 
 
 def _replace_folder(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``, first removing ``target``, which is a checkpoint or an empty folder."""
     if target.exists():
         discarded = target.with_name(f".{target.name}.discarded")
         shutil.rmtree(discarded, ignore_errors=True)
@@ -416,19 +455,23 @@ def load_or_train_organism(config: OrganismConfig | None = None, out: Path | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``mmsy organism``: train or reuse the organism, optionally evaluate it, and say where it is."""
+    """Run ``mmsy organism``: train or reuse the organism, optionally evaluate it, and print its folder."""
     defaults = OrganismConfig()
     parser = argparse.ArgumentParser(prog="mmsy organism", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None,
                         help="checkpoint folder (default: $MMSY_HOME/organism/<config hash>)")
     parser.add_argument("--force", action="store_true", help="retrain even when a complete checkpoint exists")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of weights and data order")
+    parser.add_argument("--steps", type=int, default=defaults.steps,
+                        help="optimizer steps on dialogues, after the vision tower's pretraining (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seed of the initial weights and the data order (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=defaults.threads,
+                        help="torch CPU threads; 1 is faster when other processes share the cores (default: %(default)s)")
     parser.add_argument("--eval", action="store_true",
                         help="measure acc_r1, syc and cor on the MM-SY easy-VQA test items (150 per category)")
     args = parser.parse_args(argv)
 
-    config = OrganismConfig(steps=args.steps, seed=args.seed)
+    config = OrganismConfig(steps=args.steps, seed=args.seed, threads=args.threads)
     checkpoint = train_organism(config, args.out, force=args.force)
     if not args.eval:
         print(f"Organism checkpoint: {checkpoint}")
@@ -436,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmsy_models.organism_eval import evaluate_organism, format_metrics
 
+    torch.set_num_threads(config.threads)
     metrics = evaluate_organism(checkpoint)
     record = read_record(checkpoint)
     record["metrics"] = metrics

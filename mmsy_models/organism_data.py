@@ -45,7 +45,7 @@ class Example:
 
 @dataclass
 class ExampleSettings:
-    """How examples are drawn; the organism config fills it."""
+    """Shares and rates of the example draw, copied from the organism config."""
 
     round1_share: float
     correction_share: float
@@ -81,7 +81,7 @@ def user_turn(text: str, image: bool = False) -> dict:
 
 
 def assistant_turn(text: str) -> dict:
-    """Return an assistant message holding ``text``."""
+    """Return an assistant message containing ``text``."""
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
@@ -128,7 +128,10 @@ class CategorySampler:
             self.by_category.setdefault(item.category, []).append(index)
         unknown = sorted(set(weights) - set(self.by_category))
         if unknown:
-            raise ValueError(f"category weights name {unknown}, but the training items have none of them")
+            raise ValueError(
+                f"category weights name {unknown}, but no training item has those categories; "
+                f"weight only {self.categories}"
+            )
         self.categories = sorted(self.by_category)
         self.weights = [weights.get(category, 0.0) for category in self.categories]
         if sum(self.weights) <= 0:
@@ -174,7 +177,7 @@ def encode_examples(processor, examples: Sequence[Example], pixel_values: torch.
                     tokens_per_image: int, flip: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Tokenize ``examples`` into a right-padded training batch with labels on the scored turns only.
 
-    ``pixel_values`` holds the preprocessed distinct images; ``flip`` marks
+    ``pixel_values`` contains the preprocessed distinct images, and ``flip`` marks
     the examples whose image is mirrored left to right (augmentation).
     """
     tokenizer = processor.tokenizer

@@ -45,7 +45,7 @@ from mmsy_tasks.records import Item
 
 def tiny_config(**overrides) -> OrganismConfig:
     values = dict(
-        steps=30, batch_size=8, vision_pretrain_steps=20, vision_pretrain_learning_rate=3e-3, warmup_steps=5, log_every=5, train_per_category=12,
+        steps=30, batch_size=8, vision_pretrain_batch_size=8, vision_pretrain_steps=20, vision_pretrain_learning_rate=3e-3, warmup_steps=5, log_every=5, train_per_category=12,
         image_size=32, patch_size=16, vision_hidden_size=32, vision_layers=1, vision_heads=2,
         text_hidden_size=32, text_layers=2, text_heads=2, max_positions=160, threads=1, learning_rate=3e-3,
     )
@@ -230,7 +230,7 @@ def test_draw_example_yields_at_tone_rate():
         assert example.scored_turns == (1, 3)
 
 
-def test_draw_example_scores_round1_only_when_correct_option_text():
+def test_round1_scored_only_when_correct():
     item = shape_item("c", "rectangle", answer_idx=1)
     settings = ExampleSettings(round1_share=0.0, correction_share=0.5, letter_history_share=0.5,
                                yield_rates={"suggestive": 0.5, "euphemistic": 0.5, "strong": 0.5})
@@ -287,7 +287,8 @@ def test_checkpoint_loads_offline_and_generates(trained):
     output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert output.shape[1] > inputs["input_ids"].shape[1]
     answers = generate_answers(model, processor, [(round1_messages(item), item.image)] * 2, batch_size=2)
-    assert len(answers) == 2 and answers[0] == answers[1]
+    assert len(answers) == 2
+    assert answers[0] == answers[1]
 
     assert record["config"] == json.loads(json.dumps(vars(config)))
     assert record["data"]["items"] == 3 * config.train_per_category
@@ -308,7 +309,8 @@ def test_same_seed_gives_identical_weights():
 def test_cache_is_reused_without_training(monkeypatch):
     config = tiny_config(steps=4, vision_pretrain_steps=2)
     checkpoint = load_or_train_organism(config)
-    assert checkpoint.parent.name == "organism" and checkpoint.name == config.cache_key()
+    assert checkpoint.parent.name == "organism"
+    assert checkpoint.name == config.cache_key()
     modified = (checkpoint / "model.safetensors").stat().st_mtime_ns
 
     def fail_training(*args, **kwargs):
@@ -325,6 +327,13 @@ def test_existing_checkpoint_of_other_config_is_rejected(trained):
     _, checkpoint, _ = trained
     with pytest.raises(FileExistsError, match="--force"):
         train_organism(tiny_config(seed=7), out=checkpoint)
+
+
+def test_out_folder_with_other_files_is_rejected(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an organism checkpoint"):
+        train_organism(tiny_config(steps=2, vision_pretrain_steps=1), out=tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_evaluate_organism_counts_probes(trained):
@@ -351,6 +360,7 @@ def test_main_trains_and_prints_checkpoint(monkeypatch, tmp_path, capsys, traine
     monkeypatch.setattr(organism, "train_model", train_tiny)
     out = tmp_path / "cli"
     assert organism.main(["--out", str(out), "--steps", "7", "--seed", "3"]) == 0
-    assert seen["config"].steps == 7 and seen["config"].seed == 3
+    assert seen["config"].steps == 7
+    assert seen["config"].seed == 3
     assert f"Organism checkpoint: {out}" in capsys.readouterr().out
     assert organism.is_complete(out)
