@@ -81,15 +81,6 @@ def shape_item(item_id: str, shape: str, answer_idx: int) -> Item:
 LOAD_TRAINING_ITEMS = organism.load_training_items
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run the tiny models on one thread: their matrices are too small to gain from more."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def memoized_loader(memo: dict):
     """Return a training-item loader that reads each (per_category, seed) selection once."""
     def load_once(config):
