@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from mmsy_tasks import paths, protocol
-from mmsy_tasks.task_data import DatasetNotFoundError
+from mmsy_tasks.task_data import DatasetNotFoundError, ensure_dataset_dir
 
 MITIGATION_FLAG = "--mitigation-prompt"
 
@@ -66,6 +66,11 @@ def main(argv: list[str]) -> int:
     except ValueError as error:
         print(f"mmsy eval: {error}", file=sys.stderr)
         return 2
+
+    missing = missing_dataset_error(_flag_value(argv, "--tasks"))
+    if missing is not None:
+        print(f"mmsy eval: {missing}", file=sys.stderr)
+        return 1
 
     try:
         error = _run_lmms_eval(argv)
@@ -167,6 +172,18 @@ def _raised_in(error: BaseException, function_name: str) -> bool:
             return True
         traceback = traceback.tb_next
     return False
+
+
+def missing_dataset_error(tasks: str | None) -> str | None:
+    """Return the error for a TDIUC task whose dataset is not built, before lmms-eval loads the model."""
+    names = [name.strip() for name in (tasks or "").split(",")]
+    if not any(name == "mmsy" or name.startswith("mmsy_tdiuc") for name in names):
+        return None
+    try:
+        ensure_dataset_dir("tdiuc")
+    except DatasetNotFoundError as error:
+        return str(error)
+    return None
 
 
 def _report_outputs(argv: list[str], prompt: str) -> None:

@@ -125,6 +125,23 @@ def test_tasks_mmsy_without_tdiuc_exits_1(easyvqa_home, lmms_eval_in_process, ca
     assert "mmsy build --source tdiuc --root /path/to/TDIUC" in error_output
 
 
+def test_missing_tdiuc_reported_before_model_loads(monkeypatch, capsys):
+    def fail_if_called(argv):
+        raise AssertionError("lmms-eval ran although the TDIUC dataset is missing")
+
+    monkeypatch.setattr(eval_cli, "_run_lmms_eval", fail_if_called)
+
+    status = eval_cli.main(["--model", "llava_hf", "--tasks", "mmsy_easyvqa_live,mmsy_tdiuc_prefilled_color"])
+
+    assert status == 1
+    assert "mmsy build --source tdiuc --root /path/to/TDIUC" in capsys.readouterr().err
+
+
+def test_missing_dataset_error_ignores_easyvqa_tasks():
+    assert eval_cli.missing_dataset_error("mmsy_easyvqa_live,mmsy_easyvqa_prefilled") is None
+    assert eval_cli.missing_dataset_error(None) is None
+
+
 def test_unknown_task_exits_1(easyvqa_home, lmms_eval_in_process, capsys):
     assert eval_cli.main(["--model", "mmsy_scripted", "--tasks", "mmsy_no_such_task"]) == 1
     assert "mmsy_no_such_task" in capsys.readouterr().err
