@@ -40,6 +40,7 @@ task and doc id, its answer is the empty string (an invalid answer for the
 metrics), and the closing log line counts the skipped requests.
 """
 
+import inspect
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -153,7 +154,10 @@ class MMSYHF(lmms):
     ) -> None:
         super().__init__()
         if unknown_args:
-            raise ValueError(f"unknown mmsy_hf model args: {', '.join(sorted(unknown_args))}")
+            valid = sorted(name for name in inspect.signature(MMSYHF.__init__).parameters if name not in ("self", "unknown_args"))
+            raise ValueError(
+                f"unknown mmsy_hf model args: {', '.join(sorted(unknown_args))}; valid model args are {', '.join(valid)}"
+            )
 
         self.pretrained = str(pretrained)
         self.batch_size_per_device = _parse_batch_size(batch_size, max_batch_size)
@@ -221,7 +225,10 @@ class MMSYHF(lmms):
         return tuple(sorted(ids))
 
     def _enable_amplification(self, amplify_layers, amplify_alpha) -> bool:
-        alpha = float(amplify_alpha)
+        try:
+            alpha = float(amplify_alpha)
+        except (TypeError, ValueError):
+            raise ValueError(f"amplify_alpha={amplify_alpha!r} is not a number; pass a factor such as amplify_alpha=2") from None
         if alpha == 1.0:
             if amplify_layers is not None:
                 logger.info(f"amplify_layers={amplify_layers} is set but amplify_alpha is 1: amplification stays off")

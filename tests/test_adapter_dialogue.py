@@ -369,8 +369,16 @@ def test_amplification_range_and_missing_layers(llava_path):
 
 
 def test_unknown_model_arg_rejected(llava_path):
-    with pytest.raises(ValueError, match="unknown mmsy_hf model args: temprature"):
+    with pytest.raises(ValueError, match="unknown mmsy_hf model args: temprature") as raised:
         MMSYHF(pretrained=str(llava_path), device="cpu", temprature=0.5)
+
+    assert "valid model args are" in str(raised.value)
+    assert "amplify_alpha" in str(raised.value)
+
+
+def test_non_numeric_amplify_alpha_named(llava_path):
+    with pytest.raises(ValueError, match="amplify_alpha='abc' is not a number"):
+        MMSYHF(pretrained=str(llava_path), device="cpu", amplify_layers="all", amplify_alpha="abc")
 
 
 @pytest.mark.parametrize(
