@@ -162,6 +162,11 @@ def load_run(path: Path, name: str) -> Run:
     samples file is used and the older ones are named in a warning.
     """
     path = Path(path)
+    if path.is_file() and not SAMPLES_PATTERN.match(path.name):
+        raise ReportError(
+            f"{path} is not an lmms-eval samples file (*_samples_<task>.jsonl). "
+            "Pass the output folder that lmms-eval's --output_path named, or one of its samples files"
+        )
     if path.is_file():
         files, folder = [path], path.parent
     elif path.is_dir():

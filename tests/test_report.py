@@ -371,6 +371,17 @@ def test_report_invalid_record_names_file_and_line(tmp_path, capsys):
     assert f"record {records[2]['id']!r} has tone='loud'" in error
 
 
+def test_report_results_json_argument_rejected(tmp_path, capsys):
+    results_file = tmp_path / "20260101_120000_results.json"
+    results_file.write_text(json.dumps({"results": {}}, indent=2))
+
+    assert report.main([str(results_file)]) == 1
+
+    error = capsys.readouterr().err
+    assert "is not an lmms-eval samples file" in error
+    assert "--output_path" in error
+
+
 def test_default_names_disambiguate_equal_folder_names(tmp_path):
     first = tmp_path / "base" / "org__model"
     second = tmp_path / "sft" / "org__model"
