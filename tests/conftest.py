@@ -14,8 +14,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The test models are tiny: one intra-op thread is as fast as two, and it
-# keeps a test from stalling when lmms-eval subprocesses share the cores.
+# The test models are tiny, so a second intra-op thread gains little, and
+# two threads stall each other when lmms-eval subprocesses share the cores.
 torch.set_num_threads(1)
 
 
