@@ -110,6 +110,25 @@ class Dialogue:
         return f"task {self.task}, doc id {self.doc_id}"
 
 
+def _next_round_messages(dialogue: Dialogue, round_index: int):
+    """Return the task's messages for round ``round_index``, or None when the dialogue is over.
+
+    Stores the task's round info on the dialogue for the following round.
+    """
+    payload = dialogue.doc_to_messages(
+        dialogue.doc,
+        round_idx=round_index,
+        previous_output=list(dialogue.outputs),
+        previous_round_info=dialogue.round_info,
+    )
+    if not (isinstance(payload, tuple) and len(payload) == 4):
+        return None
+    messages, terminal, _, dialogue.round_info = payload
+    if terminal or messages is None:
+        return None
+    return messages
+
+
 def _parse_batch_size(batch_size, max_batch_size) -> int:
     text = str(batch_size).strip().lower()
     if text.isdigit() and int(text) > 0:
@@ -338,16 +357,7 @@ class MMSYHF(lmms):
         receiving fewer rounds than its protocol has.
         """
         for round_index in range(len(dialogue.outputs), MAX_SKIPPED_ROUNDS):
-            payload = dialogue.doc_to_messages(
-                dialogue.doc,
-                round_idx=round_index,
-                previous_output=list(dialogue.outputs),
-                previous_round_info=dialogue.round_info,
-            )
-            if not (isinstance(payload, tuple) and len(payload) == 4):
-                return
-            messages, terminal, _, dialogue.round_info = payload
-            if terminal or messages is None:
+            if _next_round_messages(dialogue, round_index) is None:
                 return
             dialogue.outputs.append("")
 
@@ -387,17 +397,8 @@ class MMSYHF(lmms):
 
     def _advance(self, dialogue: Dialogue, round_index: int, meter: ThroughputMeter) -> None:
         """Ask the task for the next round's messages, or mark the dialogue done."""
-        payload = dialogue.doc_to_messages(
-            dialogue.doc,
-            round_idx=round_index,
-            previous_output=list(dialogue.outputs),
-            previous_round_info=dialogue.round_info,
-        )
-        if not (isinstance(payload, tuple) and len(payload) == 4):
-            dialogue.done = True
-            return
-        messages, terminal, _, dialogue.round_info = payload
-        if terminal or messages is None:
+        messages = _next_round_messages(dialogue, round_index)
+        if messages is None:
             dialogue.done = True
             return
 
