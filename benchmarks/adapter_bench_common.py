@@ -50,6 +50,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-layers", type=int, default=4, help="random LLaVA: language model layers (default 4)")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options that every adapter benchmark shares: data size, CPU threads and device."""
+    parser.add_argument("--per-category", type=int, default=8, help="easy-VQA items per category (default 8)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="device (default cpu)")
+
+
 def choose_checkpoint(args: argparse.Namespace, home: Path) -> tuple[Path, str]:
     """Return the checkpoint to benchmark and a description of it for the record.
 

@@ -20,6 +20,7 @@ import time
 
 from adapter_bench_common import (
     add_model_arguments,
+    add_run_arguments,
     build_easyvqa,
     choose_checkpoint,
     machine_description,
@@ -33,12 +34,10 @@ from mmsy_models.adapter import MMSYHF
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
-    parser.add_argument("--per-category", type=int, default=8, help="easy-VQA items per category (default 8)")
+    add_run_arguments(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="batch sizes to compare (default 1 16)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="tokens generated per dialogue (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size (default 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--device", default="cpu", help="device (default cpu)")
     return parser.parse_args()
 
 

@@ -22,6 +22,7 @@ import time
 
 from adapter_bench_common import (
     add_model_arguments,
+    add_run_arguments,
     build_easyvqa,
     choose_checkpoint,
     machine_description,
@@ -35,12 +36,10 @@ from mmsy_models.adapter import MMSYHF
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
-    parser.add_argument("--per-category", type=int, default=8, help="easy-VQA items per category (default 8)")
+    add_run_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="the larger mmsy_hf batch size (default 16)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="tokens generated per dialogue (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per adapter (default 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--device", default="cpu", help="device (default cpu)")
     return parser.parse_args()
 
 
